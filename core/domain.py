@@ -1,0 +1,192 @@
+"""Domain records and enums shared by every part.
+
+These are what the ports store and move. The API's request and response models live in
+`core.schemas` and are built from these; the stores never see HTTP shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+VOICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+OUTPUT_FILENAME_PATTERN = re.compile(
+    r"^(v1|v2|v3)_(cross_lingual|cache|instruct|task|stream)_[0-9a-f]{8,32}\.(wav|mp3|flac)$"
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ApiVersion(StrEnum):
+    v1 = "v1"
+    v2 = "v2"
+    v3 = "v3"
+
+    @property
+    def engine_slot(self) -> EngineSlot:
+        return EngineSlot.v3 if self is ApiVersion.v3 else EngineSlot.v2
+
+
+class EngineSlot(StrEnum):
+    """Which model family serves a request: v1 and v2 share the CosyVoice2 slot."""
+
+    v2 = "v2"
+    v3 = "v3"
+
+
+class VoiceType(StrEnum):
+    sft = "sft"
+    zero_shot = "zero_shot"
+    cross_lingual = "cross_lingual"
+    instruct = "instruct"
+
+
+class AudioFormat(StrEnum):
+    wav = "wav"
+    mp3 = "mp3"
+    flac = "flac"
+
+
+class StreamFormat(StrEnum):
+    wav = "wav"
+    mp3 = "mp3"
+    pcm = "pcm"
+
+
+class SynthesisMode(StrEnum):
+    zero_shot = "zero_shot"
+    cross_lingual = "cross_lingual"
+    instruct = "instruct"
+
+
+class Priority(StrEnum):
+    low = "low"
+    normal = "normal"
+    high = "high"
+    urgent = "urgent"
+
+    @property
+    def rank(self) -> int:
+        """0 is served first."""
+        return PRIORITY_ORDER.index(self)
+
+
+PRIORITY_ORDER: tuple[Priority, ...] = (
+    Priority.urgent,
+    Priority.high,
+    Priority.normal,
+    Priority.low,
+)
+
+
+class TaskKind(StrEnum):
+    task = "task"  # /cross-lingual/task and the v1/v2 async routes: starts at once
+    scheduled = "scheduled"  # /schedule/register: waits for render
+
+
+class TaskStatus(StrEnum):
+    pending = "pending"  # registered for scheduling, nothing queued yet
+    registered = "registered"  # a background task queued at creation
+    scheduled = "scheduled"  # a scheduled task queued by render / render-all
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({TaskStatus.completed, TaskStatus.failed, TaskStatus.cancelled})
+QUEUED_STATUSES = frozenset({TaskStatus.registered, TaskStatus.scheduled})
+
+
+class Voice(BaseModel):
+    """A stored voice: its record plus where its sample lives."""
+
+    voice_id: str = Field(pattern=VOICE_ID_PATTERN)
+    name: str
+    description: str | None = None
+    voice_type: VoiceType
+    language: str | None = None
+    prompt_text: str | None = None
+    audio_format: AudioFormat
+    file_size: int
+    duration: float
+    sample_rate: int
+    is_active: bool = True
+    created_at: datetime
+    updated_at: datetime
+    sample_key: str  # blob store key of the original upload
+    sample_sha256: str  # content hash: keys cached features
+
+
+class WebhookState(BaseModel):
+    status: str = "none"  # none | pending | delivered | failed
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+class Task(BaseModel):
+    """A background or scheduled render."""
+
+    task_id: str
+    kind: TaskKind
+    version: ApiVersion = ApiVersion.v3
+    status: TaskStatus
+    priority: Priority = Priority.normal
+    text: str
+    voice_id: str
+    format: AudioFormat = AudioFormat.wav
+    speed: float = 1.0
+    instruct_text: str | None = None
+    callback_url: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    filename: str
+    progress: float = 0.0
+    duration: float | None = None
+    synthesis_time: float | None = None
+    error_message: str | None = None
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    attempts: int = 0
+    lease_until: datetime | None = None
+    webhook: WebhookState = Field(default_factory=WebhookState)
+
+    @property
+    def file_path(self) -> str:
+        return f"outputs/{self.filename}"
+
+    def audio_url(self) -> str:
+        return f"/api/{self.version.value}/audio/{self.filename}"
+
+
+class VoiceStats(BaseModel):
+    total_voices: int
+    active_voices: int
+    voice_types: dict[str, int]
+    languages: dict[str, int]
+    total_duration: float
+    total_size: int
+
+
+def output_key(filename: str) -> str:
+    return f"outputs/{filename}"
+
+
+def sample_key(voice_id: str, audio_format: AudioFormat) -> str:
+    return f"voices/{voice_id}/sample.{audio_format.value}"
+
+
+def features_key(voice_id: str, model: str, sha256: str) -> str:
+    return f"voices/{voice_id}/features/{model}-{sha256[:16]}"

@@ -1,0 +1,262 @@
+"""The ports: what the services need from the outside world, named by role.
+
+Each port has an embedded adapter (the default: nothing to install) and a cluster
+adapter; `core.wiring` picks one by URL scheme. Every method is async and speaks only
+domain types, so no SQLite row, file path, BSON document or S3 response leaks through.
+Adapters translate their vendor's failures into `core.errors` at their own edge:
+`BackendUnavailable` for an outage, `NotFound`/`Conflict` for the data answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .domain import Priority, SynthesisMode, Task, TaskKind, TaskStatus, Voice, VoiceStats
+
+
+# --- repository ------------------------------------------------------------------------
+
+
+class MetadataStore(Protocol):
+    """Voices and tasks. Filters, ordering and pagination happen in the database."""
+
+    async def start(self) -> None:
+        """Open connections, create tables/collections and indexes (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable when the database does not answer."""
+
+    # voices
+    async def create_voice(self, voice: Voice) -> None:
+        """Insert; VoiceAlreadyExists when the id is taken."""
+
+    async def get_voice(self, voice_id: str) -> Voice:
+        """VoiceNotFound when absent."""
+
+    async def list_voices(
+        self,
+        *,
+        voice_type: str | None = None,
+        language: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Voice], int]:
+        """One page ordered by created_at, and the total number of matches."""
+
+    async def update_voice(self, voice_id: str, changes: dict[str, Any]) -> Voice:
+        """Apply field changes (updated_at included by the caller); VoiceNotFound."""
+
+    async def delete_voice(self, voice_id: str) -> None:
+        """VoiceNotFound when absent."""
+
+    async def voice_stats(self) -> VoiceStats: ...
+
+    # tasks
+    async def create_task(self, task: Task) -> bool:
+        """Insert; False (and nothing written) when the task_id exists already."""
+
+    async def get_task(self, task_id: str) -> Task:
+        """TaskNotFound when absent."""
+
+    async def list_tasks(
+        self,
+        *,
+        kind: TaskKind | None = None,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Task], int]:
+        """Newest first, and the total number of matches."""
+
+    async def transition(
+        self,
+        task_id: str,
+        expected: Iterable[TaskStatus],
+        changes: dict[str, Any],
+    ) -> Task | None:
+        """Atomic compare-and-set: apply `changes` only if the status is in `expected`.
+
+        Returns the updated task, or None when the task is absent or in another state.
+        """
+
+    async def update_task(self, task_id: str, changes: dict[str, Any]) -> Task:
+        """Unconditional field update (progress, webhook state); TaskNotFound."""
+
+    async def delete_task(self, task_id: str) -> None: ...
+
+    async def pending_in_order(self, kind: TaskKind, limit: int) -> list[Task]:
+        """Pending tasks of a kind, highest priority first, oldest first within one."""
+
+    async def queued_tasks(self) -> list[Task]:
+        """Tasks waiting for a worker (registered, scheduled) in queue order."""
+
+    async def expired_leases(self, now: datetime) -> list[Task]:
+        """Processing tasks whose lease ran out (their worker is gone)."""
+
+    async def count_tasks(self, kind: TaskKind | None = None) -> dict[str, dict[str, int]]:
+        """{"status": {status: n}, "priority": {priority: n}} over tasks of a kind."""
+
+    async def average_synthesis_time(self, kind: TaskKind | None = None) -> float | None: ...
+
+
+# --- blob store ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    size: int
+    content_type: str
+
+
+class BlobStore(Protocol):
+    """Voice samples, rendered outputs and cached voice features, by key.
+
+    Keys are relative paths like `voices/<id>/sample.wav` or `outputs/<file>`; an
+    adapter refuses keys that would escape its namespace.
+    """
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write atomically: readers see the old object or the new one, never a part."""
+
+    async def get(self, key: str) -> bytes:
+        """NotFound when absent."""
+
+    async def stat(self, key: str) -> BlobInfo:
+        """NotFound when absent."""
+
+    def read_range(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end] (inclusive, like HTTP Range) without loading it all."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object and, for a prefix ending in '/', everything under it."""
+
+
+# --- event bus ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """A render to perform: the task is in the repository, this only points at it."""
+
+    task_id: str
+    priority: Priority = Priority.normal
+
+
+RenderHandler = Callable[[RenderRequest], Awaitable[None]]
+"""Renders one task. Raising means "try again later"; returning means done (ack)."""
+
+TaskEndedHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class EventBus(Protocol):
+    """Render requests in priority order, and task-ended notifications."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def publish_render(self, request: RenderRequest) -> None:
+        """Queue a render. Publishing the same task twice renders it once."""
+
+    async def publish_task_ended(self, status: str, payload: dict[str, Any]) -> None:
+        """Announce that a task reached a final status (the webhook path listens)."""
+
+    async def consume_renders(self, handler: RenderHandler, concurrency: int) -> None:
+        """Run `handler` for queued renders, urgent first, until cancelled."""
+
+
+# --- synthesis -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A decoded reference clip: mono float32 samples in [-1, 1]."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """The voice to clone: an uploaded clip, or a stored voice (by reference)."""
+
+    sha256: str
+    clip: Clip | None = None  # inline clip (with-audio, instruct); loaded lazily otherwise
+    voice_id: str | None = None
+    sample_key: str | None = None  # blob store key of the stored sample
+    prompt_text: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    text: str
+    voice: VoicePrompt
+    mode: SynthesisMode = SynthesisMode.cross_lingual
+    instruct_text: str | None = None
+    speed: float = 1.0
+    language: str | None = None  # target language hint; None = from the text's script
+    sample_rate: int | None = None  # None = the engine's native rate
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine is, honestly: /health and capabilities report these fields."""
+
+    engine: str  # "cosyvoice" | "espeak" | "noop"
+    model: str  # e.g. "Fun-CosyVoice3-0.5B-2512" or "espeak-ng (development engine)"
+    real_model: bool  # False for the development engine
+    sample_rate: int
+    languages: tuple[str, ...]
+    chinese_dialects: tuple[str, ...] = ()
+    instruct_support: bool = False
+    pretrained_voices: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """One piece of synthesized audio: mono float32 at `sample_rate`."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+@runtime_checkable
+class SynthesisClient(Protocol):
+    """Turns a request into audio chunks: the engine in-process, or a remote predictor."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ready(self, deep: bool = False) -> bool:
+        """True when requests can be served. `deep=False` must not wake a scaled-to-zero
+        predictor: it reports the last known state."""
+
+    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        """Chunks as the engine produces them; closing the iterator cancels the work."""

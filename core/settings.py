@@ -1,0 +1,171 @@
+"""Every setting of the platform, in one place.
+
+Names follow API.md's configuration table and DESIGN.md's adapter URLs. Each default
+runs on one machine with nothing else installed (the embedded profile). Values are
+validated when the process starts, so a typo fails fast with the variable's name.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class EngineChoice(StrEnum):
+    auto = "auto"
+    cosyvoice = "cosyvoice"
+    espeak = "espeak"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # --- server -------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address the API listens on.")
+    port: int = Field(8012, ge=1, le=65535, description="Port the API listens on.")
+    debug: bool = Field(False, description="Verbose logging.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to call the API from a browser, comma-separated.",
+    )
+    api_key: str = Field(
+        "", description="When set, every /api route needs 'Authorization: Bearer <key>'."
+    )
+
+    # --- engines ------------------------------------------------------------------
+    engine: EngineChoice = Field(
+        EngineChoice.auto,
+        description="auto = CosyVoice when its code and weights are present, else espeak.",
+    )
+    model_dir: Path = Field(Path("models/CosyVoice2-0.5B"), description="CosyVoice2 model path.")
+    model_dir_v3: Path = Field(
+        Path("models/Fun-CosyVoice3-0.5B"), description="CosyVoice3 model path."
+    )
+    auto_download_models: bool = Field(
+        True, description="Download missing models from Hugging Face (cosyvoice engine only)."
+    )
+    cosyvoice_home: Path | None = Field(
+        None, description="Checkout of the upstream CosyVoice code (needed by the cosyvoice engine)."
+    )
+    cosyvoice_fp16: bool = Field(False, description="Run CosyVoice in fp16 (GPU only).")
+    cosyvoice_trt: bool = Field(False, description="Use TensorRT for the flow decoder (GPU only).")
+    cosyvoice_vllm: bool = Field(False, description="Use vLLM for the LLM stage (GPU only).")
+    synthesis_concurrency: int = Field(
+        2, ge=1, le=256, description="Syntheses run at once per engine (the GPU's slots)."
+    )
+    synthesis_timeout: float = Field(
+        300.0, gt=0, description="Deadline in seconds for one synthesis call."
+    )
+    predictor_url_v3: str = Field(
+        "", description="KServe predictor serving v3 (empty = the engine in-process)."
+    )
+    predictor_url_v2: str = Field(
+        "", description="KServe predictor serving v1/v2 (empty = the engine in-process)."
+    )
+    predictor_model_v3: str = Field("cosyvoice3", description="Model name of the v3 predictor.")
+    predictor_model_v2: str = Field("cosyvoice2", description="Model name of the v2 predictor.")
+    predictor_timeout: float = Field(
+        600.0, gt=0, description="Seconds to wait for a predictor answer (covers a cold start)."
+    )
+    feature_cache_size: int = Field(
+        256, ge=1, description="Voices whose extracted features stay in memory (LRU)."
+    )
+
+    # --- storage and events --------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///voice_cache/cosyvoice.db",
+        description="sqlite:///path or mongodb://host:port/dbname.",
+    )
+    blob_store_url: str = Field(
+        "", description="file:///path, s3://HOST:PORT/BUCKET or s3s://HOST:PORT/BUCKET. "
+        "Empty = VOICE_CACHE_DIR for samples and OUTPUT_DIR for rendered audio."
+    )
+    event_bus_url: str = Field("memory://", description="memory:// or nats://HOST:PORT.")
+    backend_timeout: float = Field(
+        5.0, gt=0, description="Seconds before a database/object-store call counts as unavailable."
+    )
+    voice_cache_dir: Path = Field(Path("voice_cache"), description="Voice samples (embedded).")
+    output_dir: Path = Field(Path("outputs"), description="Rendered audio (embedded).")
+
+    # --- limits -------------------------------------------------------------------
+    max_text_length: int = Field(2000, ge=1, description="Max text of a synchronous request.")
+    max_task_text_length: int = Field(100_000, ge=1, description="Max text of a task.")
+    max_audio_duration: float = Field(30.0, gt=1, description="Max reference clip, seconds.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Max upload size.")
+    sample_rate: int = Field(22050, ge=8000, le=48000, description="Default output sample rate.")
+    max_concurrent_streams: int = Field(
+        64, ge=1, description="Streams (HTTP, SSE, WebSocket requests) at once; beyond: 503."
+    )
+
+    # --- tasks --------------------------------------------------------------------
+    worker_concurrency: int = Field(2, ge=0, le=64, description="Renders run at once by serve.")
+    task_lease_seconds: float = Field(
+        120.0, gt=0, description="A processing task whose worker is gone is retaken after this."
+    )
+    task_max_attempts: int = Field(3, ge=1, description="Deliveries of a render before it fails.")
+    segment_max_chars: int = Field(
+        400, ge=50, description="Long-form text is split into segments of at most this size."
+    )
+
+    # --- webhooks -----------------------------------------------------------------
+    webhook_secret: str = Field("change-me", description="HMAC-SHA256 key of webhook signatures.")
+    webhook_allow_private: bool = Field(
+        False, description="Allow callbacks to loopback/private addresses (tests, dev only)."
+    )
+    webhook_max_attempts: int = Field(5, ge=1, le=20, description="Delivery attempts.")
+    webhook_backoff_seconds: float = Field(1.0, gt=0, description="First retry delay; doubles.")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds per delivery attempt.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with sqlite:///, mongodb:// or mongodb+srv://")
+        return value
+
+    @field_validator("event_bus_url")
+    @classmethod
+    def _known_bus(cls, value: str) -> str:
+        if not value.startswith(("memory://", "nats://", "tls://")):
+            raise ValueError("must be memory:// or nats://HOST:PORT")
+        return value
+
+    @field_validator("blob_store_url")
+    @classmethod
+    def _known_blobs(cls, value: str) -> str:
+        if value and not value.startswith(("file://", "s3://", "s3s://")):
+            raise ValueError("must be file:///path, s3://HOST:PORT/BUCKET or s3s://...")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning a validation error into one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise SystemExit(f"invalid configuration: {problems}") from None
