@@ -1,0 +1,220 @@
+"""Configuration → adapters. The only place that knows which class serves which URL.
+
+Each port has a small table from URL scheme to a factory; adding a backend is one row.
+Cluster adapters are imported lazily, so the embedded profile needs none of their
+libraries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .domain import EngineSlot
+from .ports import BlobStore, EventBus, MetadataStore, SynthesisClient
+from .services.synthesis import SynthesisService
+from .services.voices import VoiceService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_store(url: str, settings: Settings) -> MetadataStore:
+    from .adapters.embedded.sqlite_store import SqliteMetadataStore
+
+    return SqliteMetadataStore(Path(url.removeprefix("sqlite:///")))
+
+
+def _mongo_store(url: str, settings: Settings) -> MetadataStore:
+    from .adapters.cluster.mongo_store import MongoMetadataStore
+
+    return MongoMetadataStore(url, timeout=settings.backend_timeout)
+
+
+METADATA_STORES: dict[str, Callable[[str, Settings], MetadataStore]] = {
+    "sqlite": _sqlite_store,
+    "mongodb": _mongo_store,
+    "mongodb+srv": _mongo_store,
+}
+
+
+def _file_blobs(url: str, settings: Settings) -> BlobStore:
+    from .adapters.embedded.file_blobs import FileBlobStore
+
+    if url:
+        root = Path(urlparse(url).path)
+        return FileBlobStore({"voices": root / "voices", "outputs": root / "outputs"})
+    return FileBlobStore({"voices": settings.voice_cache_dir, "outputs": settings.output_dir})
+
+
+def _s3_blobs(url: str, settings: Settings) -> BlobStore:
+    import os
+
+    from .adapters.cluster.s3_blobs import S3BlobStore
+
+    return S3BlobStore(
+        url,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+
+
+BLOB_STORES: dict[str, Callable[[str, Settings], BlobStore]] = {
+    "": _file_blobs,
+    "file": _file_blobs,
+    "s3": _s3_blobs,
+    "s3s": _s3_blobs,
+}
+
+
+def _memory_bus(url: str, settings: Settings, store: MetadataStore, **kw: Any) -> EventBus:
+    from .adapters.embedded.memory_bus import MemoryEventBus
+
+    return MemoryEventBus(store)
+
+
+def _nats_bus(url: str, settings: Settings, store: MetadataStore, **kw: Any) -> EventBus:
+    from .adapters.cluster.nats_bus import NatsEventBus
+
+    return NatsEventBus(
+        url,
+        store,
+        max_deliver=settings.task_max_attempts,
+        ack_wait=settings.task_lease_seconds,
+        **kw,
+    )
+
+
+EVENT_BUSES: dict[str, Callable[..., EventBus]] = {
+    "memory": _memory_bus,
+    "nats": _nats_bus,
+    "tls": _nats_bus,
+}
+
+
+def scheme(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else ""
+
+
+def build_metadata_store(settings: Settings) -> MetadataStore:
+    return METADATA_STORES[scheme(settings.database_url)](settings.database_url, settings)
+
+
+def build_blob_store(settings: Settings) -> BlobStore:
+    return BLOB_STORES[scheme(settings.blob_store_url)](settings.blob_store_url, settings)
+
+
+def build_event_bus(settings: Settings, store: MetadataStore, **kw: Any) -> EventBus:
+    return EVENT_BUSES[scheme(settings.event_bus_url)](settings.event_bus_url, settings, store, **kw)
+
+
+def build_synthesis_clients(
+    settings: Settings, blobs: BlobStore
+) -> tuple[dict[EngineSlot, SynthesisClient], dict[EngineSlot, str | None]]:
+    """One client per engine slot: a remote predictor when its URL is set, else in-process.
+
+    Slots whose engines resolve to the same in-process engine kind share one runner, so
+    the development engine is loaded once for v1, v2 and v3.
+    """
+    from .adapters.embedded.inprocess_synthesis import InProcessSynthesis
+    from .engines.features import FeatureCache
+    from .engines.registry import build_engine
+    from .engines.runner import EngineRunner
+
+    clients: dict[EngineSlot, SynthesisClient] = {}
+    warnings: dict[EngineSlot, str | None] = {}
+    shared: dict[str, SynthesisClient] = {}
+    remote_urls = {EngineSlot.v3: settings.predictor_url_v3, EngineSlot.v2: settings.predictor_url_v2}
+    remote_models = {
+        EngineSlot.v3: settings.predictor_model_v3,
+        EngineSlot.v2: settings.predictor_model_v2,
+    }
+    for slot in (EngineSlot.v3, EngineSlot.v2):
+        if remote_urls[slot]:
+            from .adapters.cluster.kserve_synthesis import KServeSynthesis
+
+            clients[slot] = KServeSynthesis(
+                remote_urls[slot], remote_models[slot], timeout=settings.predictor_timeout
+            )
+            warnings[slot] = None
+            continue
+        engine, warning = build_engine(settings, slot)
+        warnings[slot] = warning
+        if warning:
+            log.warning("%s: %s", slot.value, warning)
+        kind = engine.info.engine
+        if kind != "cosyvoice" and kind in shared:
+            clients[slot] = shared[kind]
+            continue
+        cache = FeatureCache(engine, engine.info.model, blobs, settings.feature_cache_size)
+        runner = EngineRunner(
+            engine,
+            concurrency=settings.synthesis_concurrency,
+            timeout=settings.synthesis_timeout,
+            feature_cache=cache,
+        )
+        clients[slot] = shared[kind] = InProcessSynthesis(runner, blobs)
+    return clients, warnings
+
+
+@dataclass
+class Runtime:
+    """Everything a running process holds: adapters, services, and their lifecycle."""
+
+    settings: Settings
+    store: MetadataStore
+    blobs: BlobStore
+    bus: EventBus
+    synthesis_clients: dict[EngineSlot, SynthesisClient]
+    engine_warnings: dict[EngineSlot, str | None]
+    voices: VoiceService
+    synthesis: SynthesisService
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.blobs.start()
+        await self.bus.start()
+        started: set[int] = set()
+        for client in self.synthesis_clients.values():
+            if id(client) not in started:
+                started.add(id(client))
+                await client.start()
+
+    async def close(self) -> None:
+        closed: set[int] = set()
+        for client in self.synthesis_clients.values():
+            if id(client) not in closed:
+                closed.add(id(client))
+                await client.close()
+        await self.bus.close()
+        await self.blobs.close()
+        await self.store.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    store = build_metadata_store(settings)
+    blobs = build_blob_store(settings)
+    bus = build_event_bus(settings, store)
+    clients, warnings = build_synthesis_clients(settings, blobs)
+    return Runtime(
+        settings=settings,
+        store=store,
+        blobs=blobs,
+        bus=bus,
+        synthesis_clients=clients,
+        engine_warnings=warnings,
+        voices=VoiceService(store, blobs, max_audio_duration=settings.max_audio_duration),
+        synthesis=SynthesisService(
+            store,
+            blobs,
+            clients,
+            sample_rate=settings.sample_rate,
+            segment_max_chars=settings.segment_max_chars,
+        ),
+    )

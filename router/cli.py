@@ -1,0 +1,65 @@
+"""`cosyvoice-api`: the platform's command line.
+
+    cosyvoice-api serve       the whole API on this machine (embedded profile by default)
+    cosyvoice-api predictor   the KServe model server wrapping one engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _serve(argv: list[str]) -> None:
+    import uvicorn
+
+    from core.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="cosyvoice-api serve", description="Run the API.")
+    parser.add_argument("--host", default=None, help="listen address (default: $HOST or 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8012)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = load_settings(**overrides)
+    level = "debug" if settings.debug else settings.log_level
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    from .app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=level,
+        timeout_graceful_shutdown=30,
+        ws_ping_interval=20,
+    )
+
+
+def _predictor(argv: list[str]) -> None:
+    # KServe parses sys.argv when its model_server module is imported: hand it ours.
+    sys.argv = ["cosyvoice-api predictor", *argv]
+    from predictor.__main__ import main as predictor_main
+
+    predictor_main()
+
+
+COMMANDS = {"serve": _serve, "predictor": _predictor}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        raise SystemExit(2)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Rendered audio downloads: /audio/{filename}, with HTTP Range for players."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from core.domain import OUTPUT_FILENAME_PATTERN, ApiVersion, output_key
+from core.errors import AudioNotFound, InvalidInput, NotFound
+
+from ..deps import RuntimeDep
+from ..errors import error_responses
+
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def build_router(version: ApiVersion) -> APIRouter:
+    router = APIRouter(tags=[f"{version.value} audio"])
+
+    async def download(runtime: RuntimeDep, filename: str, request: Request) -> Response:
+        # Only names the service itself produces are served, so nothing a client
+        # sends can point outside the output store.
+        if not OUTPUT_FILENAME_PATTERN.fullmatch(filename):
+            raise InvalidInput("invalid audio file name: expected {version}_{mode}_{hex}.{ext}")
+        key = output_key(filename)
+        try:
+            info = await runtime.blobs.stat(key)
+        except NotFound:
+            raise AudioNotFound(filename) from None
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+        start, end = 0, info.size - 1
+        status = 200
+        spec = request.headers.get("range")
+        if spec and info.size:
+            match = RANGE_RE.match(spec.strip())
+            if match and (match.group(1) or match.group(2)):
+                first, last = match.groups()
+                if first:
+                    start, end = int(first), min(int(last) if last else end, end)
+                else:  # suffix range: the last N bytes
+                    start = max(info.size - int(last), 0)
+                if start > end or start >= info.size:
+                    return Response(
+                        status_code=416, headers={"Content-Range": f"bytes */{info.size}"}
+                    )
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+        headers["Content-Length"] = str(end - start + 1 if info.size else 0)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type=info.content_type)
+        return StreamingResponse(
+            runtime.blobs.read_range(key, start, end),
+            status_code=status,
+            headers=headers,
+            media_type=info.content_type,
+        )
+
+    for path, visible in (("/audio/{filename:path}", True), ("/cross-lingual/audio/{filename:path}", True)):
+        router.add_api_route(
+            path,
+            download,
+            methods=["GET", "HEAD"],
+            summary="Download rendered audio (supports Range)",
+            response_class=Response,
+            responses={
+                200: {"content": {"audio/wav": {}, "audio/mpeg": {}, "audio/flac": {}}},
+                **error_responses(400, 404),
+            },
+            include_in_schema=visible,
+        )
+    return router

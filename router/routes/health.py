@@ -1,0 +1,85 @@
+"""/health: engines and backing services, as readiness probes and people read it."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Query
+
+from core.domain import ApiVersion, EngineSlot
+from core.errors import CosyVoiceError
+from core.schemas.synthesis import EngineHealth, Health, ServiceHealth
+from core.wiring import Runtime, scheme
+
+from ..deps import RuntimeDep
+
+SERVES = {EngineSlot.v3: ["v3"], EngineSlot.v2: ["v1", "v2"]}
+
+
+def package_version() -> str:
+    try:
+        return version("cosyvoice-serving")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+async def _probe(name: str, backend: str, check: object, timeout: float) -> tuple[str, ServiceHealth]:
+    try:
+        await asyncio.wait_for(check(), timeout)  # type: ignore[operator]
+        return name, ServiceHealth(ok=True, backend=backend)
+    except (CosyVoiceError, TimeoutError, OSError) as exc:
+        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        return name, ServiceHealth(ok=False, backend=backend, detail=detail)
+
+
+async def engine_health(runtime: Runtime, slot: EngineSlot, deep: bool) -> EngineHealth:
+    client = runtime.synthesis_clients[slot]
+    info = client.info
+    try:
+        ready = await asyncio.wait_for(client.ready(deep=deep), runtime.settings.backend_timeout)
+    except (CosyVoiceError, TimeoutError, OSError):
+        ready = False
+    return EngineHealth(
+        ready=ready,
+        model=info.model,
+        engine=info.engine,
+        real_model=info.real_model,
+        remote=bool(getattr(client, "remote", False)),
+        warning=runtime.engine_warnings.get(slot),
+        serves=SERVES[slot],
+    )
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health", response_model=Health, summary="Service health (HTTP 200 always)")
+    async def health(
+        runtime: RuntimeDep,
+        deep: bool = Query(False, description="Also wake and probe remote predictors"),
+    ) -> Health:
+        timeout = runtime.settings.backend_timeout
+        settings = runtime.settings
+        probes = await asyncio.gather(
+            _probe("database", scheme(settings.database_url), runtime.store.ping, timeout),
+            _probe("blob_store", scheme(settings.blob_store_url) or "file", runtime.blobs.ping, timeout),
+            _probe("event_bus", scheme(settings.event_bus_url), runtime.bus.ping, timeout),
+        )
+        v3, v2 = await asyncio.gather(
+            engine_health(runtime, EngineSlot.v3, deep), engine_health(runtime, EngineSlot.v2, deep)
+        )
+        services = dict(probes)
+        healthy = v3.ready and v2.ready and all(s.ok for s in services.values())
+        return Health(
+            status="healthy" if healthy else "degraded",
+            v2=v2,
+            v3=v3,
+            services=services,
+            version=package_version(),
+        )
+
+    return router
+
+
+__all__ = ["ApiVersion", "build_router"]

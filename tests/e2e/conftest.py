@@ -1,0 +1,217 @@
+"""Real API servers for end-to-end tests.
+
+`COSYVOICE_TEST_PROFILE` picks what stands behind the API: `embedded` (SQLite, files,
+in-process bus and engine), `cluster` (MongoDB-, S3- and NATS-speaking servers started
+here from wheels) or `predictor` (the engine in a KServe model server process, called
+over HTTP). The tests are the same in every profile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TESTDATA
+
+BIN = Path(sys.executable).parent
+PROFILE = os.environ.get("COSYVOICE_TEST_PROFILE", "embedded")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class ApiServer:
+    """`cosyvoice-api serve` in a subprocess, on a free port, in its own data folder."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> ApiServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "cosyvoice-api"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.data_dir,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_http(f"{self.url}/health", timeout, self.proc)
+        except Exception:
+            self.stop(signal.SIGKILL)
+            raise RuntimeError(f"server failed to start:\n{self.log()}") from None
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    return {
+        "ENGINE": "espeak",
+        "DATABASE_URL": f"sqlite:///{data_dir / 'cosyvoice.db'}",
+        "VOICE_CACHE_DIR": str(data_dir / "voice_cache"),
+        "OUTPUT_DIR": str(data_dir / "outputs"),
+        "BLOB_STORE_URL": "",
+        "EVENT_BUS_URL": "memory://",
+        "WEBHOOK_ALLOW_PRIVATE": "false",
+        "LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture(scope="session")
+def profile_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment that points a server at the profile's backing services."""
+    if PROFILE == "embedded":
+        yield {}
+    elif PROFILE == "cluster":
+        from tests.e2e.profiles import cluster_profile
+
+        with cluster_profile(tmp_path_factory.mktemp("cluster")) as env:
+            yield env
+    elif PROFILE == "predictor":
+        from tests.e2e.profiles import predictor_profile
+
+        with predictor_profile(tmp_path_factory.mktemp("predictor")) as env:
+            yield env
+    else:
+        raise pytest.UsageError(f"unknown COSYVOICE_TEST_PROFILE {PROFILE!r}")
+
+
+class ServerFactory:
+    def __init__(self, root: Path, profile_env: dict[str, str]) -> None:
+        self.root = root
+        self.profile_env = profile_env
+        self.servers: list[ApiServer] = []
+
+    def __call__(self, data_dir: Path | None = None, **overrides: str) -> ApiServer:
+        """A started server; a fresh database/bucket unless `data_dir` reuses one."""
+        data_dir = data_dir or self.root / uuid.uuid4().hex[:8]
+        env = {**embedded_env(data_dir), **self.profile_env, **overrides}
+        env.update(_isolated_names(self.profile_env, data_dir))
+        server = ApiServer(data_dir, env).start()
+        self.servers.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _isolated_names(profile_env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    """Give each data folder its own database and bucket in the shared cluster servers."""
+    name = data_dir.name.replace("_", "-").lower()
+    out: dict[str, str] = {}
+    if profile_env.get("DATABASE_URL", "").startswith("mongodb://"):
+        base = profile_env["DATABASE_URL"].rsplit("/", 1)[0]
+        out["DATABASE_URL"] = f"{base}/cv_{name.replace('-', '_')}"
+    if profile_env.get("BLOB_STORE_URL", "").startswith("s3://"):
+        base = profile_env["BLOB_STORE_URL"].rsplit("/", 1)[0]
+        out["BLOB_STORE_URL"] = f"{base}/cv-{name}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory, profile_env: dict[str, str]
+) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path_factory.mktemp("servers"), profile_env)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def server(server_factory: ServerFactory) -> ApiServer:
+    """The shared API server of the session (tests must not depend on each other)."""
+    return server_factory(WEBHOOK_ALLOW_PRIVATE="false")
+
+
+@pytest.fixture
+def client(server: ApiServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+def create_voice(
+    http: httpx.Client,
+    clip: Path,
+    voice_type: str = "cross_lingual",
+    prefix: str = "voice",
+    **fields: str,
+) -> str:
+    voice_id = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    response = http.post(
+        "/api/v3/voices/",
+        data={"voice_id": voice_id, "name": f"Test {voice_id}", "voice_type": voice_type, **fields},
+        files={"audio_file": (clip.name, clip.read_bytes(), "audio/wav")},
+    )
+    assert response.status_code == 201, response.text
+    return voice_id
+
+
+@pytest.fixture(scope="session")
+def voice_id(server: ApiServer) -> str:
+    """A cross-lingual voice made from the English clip."""
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        return create_voice(http, TESTDATA / "cross_lingual_prompt.wav", language="en")
+
+
+@pytest.fixture(scope="session")
+def zh_voice_id(server: ApiServer) -> str:
+    """A zero-shot voice made from the Mandarin clip and its transcript."""
+    from tests.conftest import MANDARIN_TRANSCRIPT
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        return create_voice(
+            http,
+            TESTDATA / "zero_shot_prompt.wav",
+            voice_type="zero_shot",
+            language="zh",
+            prompt_text=MANDARIN_TRANSCRIPT,
+        )
