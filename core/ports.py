@@ -18,7 +18,6 @@ import numpy as np
 
 from .domain import Priority, SynthesisMode, Task, TaskKind, TaskStatus, Voice, VoiceStats
 
-
 # --- repository ------------------------------------------------------------------------
 
 
@@ -137,9 +136,7 @@ class BlobStore(Protocol):
     async def stat(self, key: str) -> BlobInfo:
         """NotFound when absent."""
 
-    def read_range(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes [start, end] (inclusive, like HTTP Range) without loading it all."""
 
     async def delete(self, key: str) -> None:

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
         True, description="Download missing models from Hugging Face (cosyvoice engine only)."
     )
     cosyvoice_home: Path | None = Field(
-        None, description="Checkout of the upstream CosyVoice code (needed by the cosyvoice engine)."
+        None,
+        description="Checkout of the upstream CosyVoice code (needed by the cosyvoice engine).",
     )
     cosyvoice_fp16: bool = Field(False, description="Run CosyVoice in fp16 (GPU only).")
     cosyvoice_trt: bool = Field(False, description="Use TensorRT for the flow decoder (GPU only).")
@@ -82,8 +83,9 @@ class Settings(BaseSettings):
         description="sqlite:///path or mongodb://host:port/dbname.",
     )
     blob_store_url: str = Field(
-        "", description="file:///path, s3://HOST:PORT/BUCKET or s3s://HOST:PORT/BUCKET. "
-        "Empty = VOICE_CACHE_DIR for samples and OUTPUT_DIR for rendered audio."
+        "",
+        description="file:///path, s3://HOST:PORT/BUCKET or s3s://HOST:PORT/BUCKET. "
+        "Empty = VOICE_CACHE_DIR for samples and OUTPUT_DIR for rendered audio.",
     )
     event_bus_url: str = Field("memory://", description="memory:// or nats://HOST:PORT.")
     backend_timeout: float = Field(

@@ -110,7 +110,9 @@ def build_blob_store(settings: Settings) -> BlobStore:
 
 
 def build_event_bus(settings: Settings, store: MetadataStore, **kw: Any) -> EventBus:
-    return EVENT_BUSES[scheme(settings.event_bus_url)](settings.event_bus_url, settings, store, **kw)
+    return EVENT_BUSES[scheme(settings.event_bus_url)](
+        settings.event_bus_url, settings, store, **kw
+    )
 
 
 def build_synthesis_clients(
@@ -129,7 +131,10 @@ def build_synthesis_clients(
     clients: dict[EngineSlot, SynthesisClient] = {}
     warnings: dict[EngineSlot, str | None] = {}
     shared: dict[str, SynthesisClient] = {}
-    remote_urls = {EngineSlot.v3: settings.predictor_url_v3, EngineSlot.v2: settings.predictor_url_v2}
+    remote_urls = {
+        EngineSlot.v3: settings.predictor_url_v3,
+        EngineSlot.v2: settings.predictor_url_v2,
+    }
     remote_models = {
         EngineSlot.v3: settings.predictor_model_v3,
         EngineSlot.v2: settings.predictor_model_v2,

@@ -49,9 +49,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        log.info("ready: v3=%s, v2=%s", *(
-            runtime.synthesis_clients[slot].info.model for slot in sorted(runtime.synthesis_clients, reverse=True)
-        ))
+        log.info(
+            "ready: v3=%s, v2=%s",
+            *(
+                runtime.synthesis_clients[slot].info.model
+                for slot in sorted(runtime.synthesis_clients, reverse=True)
+            ),
+        )
         try:
             yield
         finally:

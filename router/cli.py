@@ -1,7 +1,7 @@
 """`cosyvoice-api`: the platform's command line.
 
-    cosyvoice-api serve       the whole API on this machine (embedded profile by default)
-    cosyvoice-api predictor   the KServe model server wrapping one engine
+cosyvoice-api serve       the whole API on this machine (embedded profile by default)
+cosyvoice-api predictor   the KServe model server wrapping one engine
 """
 
 from __future__ import annotations

@@ -60,9 +60,7 @@ class UploadLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         megabytes = self.max_bytes / (1024 * 1024)
-        body = json.dumps(
-            {"detail": f"Upload too large: the limit is {megabytes:g} MB"}
-        ).encode()
+        body = json.dumps({"detail": f"Upload too large: the limit is {megabytes:g} MB"}).encode()
         await send(
             {
                 "type": "http.response.start",

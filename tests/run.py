@@ -35,7 +35,9 @@ def _counts(report: Path) -> tuple[int, int, int]:
 
 
 def main() -> int:
-    only = os.environ.get("TEST_PROFILES", "").split(",") if os.environ.get("TEST_PROFILES") else None
+    only = (
+        os.environ.get("TEST_PROFILES", "").split(",") if os.environ.get("TEST_PROFILES") else None
+    )
     extra = sys.argv[1:]
     totals = [0, 0, 0]
     exit_code = 0

@@ -46,9 +46,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_upload(
-    data: bytes, *, max_duration: float, min_duration: float = 1.0
-) -> DecodedUpload:
+def decode_upload(data: bytes, *, max_duration: float, min_duration: float = 1.0) -> DecodedUpload:
     """Decode and validate a reference clip; AudioRejected says what is wrong with it."""
     if not data:
         raise AudioRejected("The audio file is empty (0 bytes).")
@@ -94,8 +92,7 @@ def _read(data: bytes) -> tuple[AudioFormat, np.ndarray, int, int]:
             container = _CONTAINERS.get(audio.format)
             if container is None:
                 raise AudioRejected(
-                    f"Unsupported audio container {audio.format}; accepted formats are "
-                    f"{_ACCEPTED}."
+                    f"Unsupported audio container {audio.format}; accepted formats are {_ACCEPTED}."
                 )
             sample_rate, channels = audio.samplerate, audio.channels
             frames = audio.read(dtype="float32", always_2d=True)

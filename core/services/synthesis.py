@@ -28,8 +28,15 @@ from ..domain import (
 )
 from ..engines.text import split_sentences
 from ..errors import EngineNotReady, InvalidInput, SynthesisFailed
-from ..ports import AudioChunk, BlobStore, Clip, MetadataStore, SynthesisClient, SynthesisRequest
-from ..ports import VoicePrompt
+from ..ports import (
+    AudioChunk,
+    BlobStore,
+    Clip,
+    MetadataStore,
+    SynthesisClient,
+    SynthesisRequest,
+    VoicePrompt,
+)
 
 ProgressCallback = Callable[[float], Awaitable[None]]
 
@@ -62,7 +69,9 @@ def prompt_for_voice(voice: Voice) -> VoicePrompt:
     )
 
 
-def mode_for(voice_type: VoiceType | None, prompt_text: str | None, instruct: str | None) -> SynthesisMode:
+def mode_for(
+    voice_type: VoiceType | None, prompt_text: str | None, instruct: str | None
+) -> SynthesisMode:
     """The CosyVoice mode a request runs in (API.md, "How a stored voice is used")."""
     if instruct:
         return SynthesisMode.instruct

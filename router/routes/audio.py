@@ -57,7 +57,10 @@ def build_router(version: ApiVersion) -> APIRouter:
             media_type=info.content_type,
         )
 
-    for path, visible in (("/audio/{filename:path}", True), ("/cross-lingual/audio/{filename:path}", True)):
+    for path, visible in (
+        ("/audio/{filename:path}", True),
+        ("/cross-lingual/audio/{filename:path}", True),
+    ):
         router.add_api_route(
             path,
             download,

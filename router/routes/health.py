@@ -24,9 +24,11 @@ def package_version() -> str:
         return "0+unknown"
 
 
-async def _probe(name: str, backend: str, check: object, timeout: float) -> tuple[str, ServiceHealth]:
+async def _probe(
+    name: str, backend: str, check: object, timeout: float
+) -> tuple[str, ServiceHealth]:
     try:
-        await asyncio.wait_for(check(), timeout)  # type: ignore[operator]
+        await asyncio.wait_for(check(), limit)  # type: ignore[operator]
         return name, ServiceHealth(ok=True, backend=backend)
     except (CosyVoiceError, TimeoutError, OSError) as exc:
         detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
@@ -63,7 +65,9 @@ def build_router() -> APIRouter:
         settings = runtime.settings
         probes = await asyncio.gather(
             _probe("database", scheme(settings.database_url), runtime.store.ping, timeout),
-            _probe("blob_store", scheme(settings.blob_store_url) or "file", runtime.blobs.ping, timeout),
+            _probe(
+                "blob_store", scheme(settings.blob_store_url) or "file", runtime.blobs.ping, timeout
+            ),
             _probe("event_bus", scheme(settings.event_bus_url), runtime.bus.ping, timeout),
         )
         v3, v2 = await asyncio.gather(

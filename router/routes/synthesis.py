@@ -27,7 +27,11 @@ from ..deps import RuntimeDep
 from ..errors import error_responses
 from ..streaming import audio_stream_response
 
-MODEL_LABEL = {ApiVersion.v1: "CosyVoice2", ApiVersion.v2: "CosyVoice2", ApiVersion.v3: "CosyVoice3"}
+MODEL_LABEL = {
+    ApiVersion.v1: "CosyVoice2",
+    ApiVersion.v2: "CosyVoice2",
+    ApiVersion.v3: "CosyVoice3",
+}
 AUDIO_RESPONSES = {
     200: {
         "description": "JSON result, or the audio itself (chunked) when stream=true",
@@ -159,7 +163,11 @@ def build_router(version: ApiVersion) -> APIRouter:
             audio = await prompt_audio.read()
             upload = runtime.voices.decode(audio)
             request = runtime.synthesis.request_for_clip(
-                version, upload.clip, sha256_hex(audio), text, speed=speed,
+                version,
+                upload.clip,
+                sha256_hex(audio),
+                text,
+                speed=speed,
                 instruct_text=instruction,
             )
             return await respond(runtime, request, format, "instruct", stream)

@@ -42,7 +42,9 @@ def build_router(version: ApiVersion) -> APIRouter:
     @router.post("", status_code=201, response_model=VoicePublic, include_in_schema=False)
     async def create_voice(
         runtime: RuntimeDep,
-        voice_id: Annotated[str, Form(pattern=VOICE_ID_PATTERN, description="1–64 of [A-Za-z0-9_-]")],
+        voice_id: Annotated[
+            str, Form(pattern=VOICE_ID_PATTERN, description="1–64 of [A-Za-z0-9_-]")
+        ],
         name: Annotated[str, Form(min_length=1, max_length=200)],
         voice_type: Annotated[VoiceType, Form()],
         audio_file: Annotated[UploadFile, File(description="wav, mp3 or flac; decoded by content")],
@@ -127,9 +129,7 @@ def build_router(version: ApiVersion) -> APIRouter:
         openapi_extra={
             "requestBody": {
                 "content": {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/VoiceUpdate"}
-                    },
+                    "application/json": {"schema": {"$ref": "#/components/schemas/VoiceUpdate"}},
                     "multipart/form-data": {
                         "schema": {
                             "type": "object",
@@ -216,7 +216,7 @@ async def _read_update(request: Request) -> tuple[dict[str, Any], bytes | None]:
         )
         raise InvalidInput(problems) from None
     changes = update.model_dump(exclude_unset=True)
-    if "language" in changes and changes["language"]:
+    if changes.get("language"):
         changes["language"] = changes["language"].lower()
     if not changes and audio is None:
         raise InvalidInput("nothing to update")

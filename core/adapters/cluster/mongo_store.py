@@ -1,0 +1,388 @@
+"""The cluster repository: voices and tasks in MongoDB through PyMongo's async API.
+
+The client belongs to the event loop that created it, so it is made in `start()` and
+closed in `close()` (the app's lifespan). Every timeout comes from one number, so an
+outage turns into `BackendUnavailable` within that many seconds instead of a hang, and
+the same store object recovers by itself when the server is back.
+
+Tasks carry a numeric `priority_rank` next to `priority`, so the database sorts by
+priority without knowing the names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout
+
+from ...domain import (
+    PRIORITY_ORDER,
+    QUEUED_STATUSES,
+    Priority,
+    Task,
+    TaskKind,
+    TaskStatus,
+    Voice,
+    VoiceStats,
+)
+from ...errors import (
+    BackendUnavailable,
+    InvalidInput,
+    TaskNotFound,
+    VoiceAlreadyExists,
+    VoiceNotFound,
+)
+
+DEFAULT_DATABASE = "cosyvoice"
+_NO_ID = {"_id": False}
+_VOICE_FIELDS = frozenset(Voice.model_fields)
+_TASK_FIELDS = frozenset(Task.model_fields)
+_QUEUE_ORDER = [("priority_rank", ASCENDING), ("queued_at", ASCENDING), ("created_at", ASCENDING)]
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Translate the driver's outage errors at the edge (every one of them derives from
+    ConnectionFailure: server selection, reconnects, network timeouts)."""
+    try:
+        yield
+    except (ConnectionFailure, ExecutionTimeout) as exc:
+        raise BackendUnavailable(f"database unavailable: {exc}") from exc
+
+
+def _bson(value: Any) -> Any:
+    """Domain values as BSON understands them: enums by value, models as documents."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return _bson(value.model_dump())
+    if isinstance(value, Mapping):
+        return {str(key): _bson(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bson(item) for item in value]
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _changes(changes: dict[str, Any], allowed: frozenset[str], key: str) -> dict[str, Any]:
+    unknown = set(changes) - allowed
+    if unknown or key in changes:
+        raise InvalidInput(f"cannot change field(s): {', '.join(sorted(unknown | {key}))}")
+    document = {name: _bson(value) for name, value in changes.items()}
+    if "priority" in changes:
+        document["priority_rank"] = Priority(changes["priority"]).rank
+    return document
+
+
+def _filters(**conditions: Any) -> dict[str, Any]:
+    return {name: _bson(value) for name, value in conditions.items() if value is not None}
+
+
+class MongoMetadataStore:
+    """`MetadataStore` over MongoDB (any server speaking its wire protocol)."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self._url = url
+        self._timeout_ms = max(int(timeout * 1000), 1)
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._db: AsyncDatabase[dict[str, Any]] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self._url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=self._timeout_ms,
+            connectTimeoutMS=self._timeout_ms,
+            socketTimeoutMS=self._timeout_ms,
+            appname="cosyvoice",
+        )
+        database = client.get_default_database(default=DEFAULT_DATABASE)
+        try:
+            with _database_errors():
+                await database.voices.create_index("voice_id", unique=True)
+                await database.voices.create_index([("created_at", ASCENDING)])
+                await database.tasks.create_index("task_id", unique=True)
+                await database.tasks.create_index(
+                    [
+                        ("kind", ASCENDING),
+                        ("status", ASCENDING),
+                        ("priority_rank", ASCENDING),
+                        ("created_at", ASCENDING),
+                    ]
+                )
+                await database.tasks.create_index([("created_at", DESCENDING)])
+        except BaseException:
+            await client.close()
+            raise
+        self._client, self._db = client, database
+
+    async def close(self) -> None:
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    async def ping(self) -> None:
+        with _database_errors():
+            await self._database.command("ping")
+
+    @property
+    def _database(self) -> AsyncDatabase[dict[str, Any]]:
+        if self._db is None:
+            raise BackendUnavailable("database unavailable: the store is not started")
+        return self._db
+
+    @property
+    def _voices(self) -> AsyncCollection[dict[str, Any]]:
+        return self._database.voices
+
+    @property
+    def _tasks(self) -> AsyncCollection[dict[str, Any]]:
+        return self._database.tasks
+
+    # --- voices --------------------------------------------------------------------
+
+    async def create_voice(self, voice: Voice) -> None:
+        try:
+            with _database_errors():
+                await self._voices.insert_one(_bson(voice))
+        except DuplicateKeyError:
+            raise VoiceAlreadyExists(voice.voice_id) from None
+
+    async def get_voice(self, voice_id: str) -> Voice:
+        with _database_errors():
+            document = await self._voices.find_one({"voice_id": voice_id}, _NO_ID)
+        if document is None:
+            raise VoiceNotFound(voice_id)
+        return Voice.model_validate(document)
+
+    async def list_voices(
+        self,
+        *,
+        voice_type: str | None = None,
+        language: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Voice], int]:
+        query = _filters(voice_type=voice_type, language=language)
+        with _database_errors():
+            total = await self._voices.count_documents(query)
+            cursor = (
+                self._voices.find(query, _NO_ID)
+                .sort([("created_at", ASCENDING), ("voice_id", ASCENDING)])
+                .skip(max(offset, 0))
+                .limit(max(limit, 0))
+            )
+            documents = await cursor.to_list() if limit > 0 else []
+        return [Voice.model_validate(document) for document in documents], total
+
+    async def update_voice(self, voice_id: str, changes: dict[str, Any]) -> Voice:
+        if not changes:
+            return await self.get_voice(voice_id)
+        with _database_errors():
+            document = await self._voices.find_one_and_update(
+                {"voice_id": voice_id},
+                {"$set": _changes(changes, _VOICE_FIELDS, "voice_id")},
+                projection=_NO_ID,
+                return_document=ReturnDocument.AFTER,
+            )
+        if document is None:
+            raise VoiceNotFound(voice_id)
+        return Voice.model_validate(document)
+
+    async def delete_voice(self, voice_id: str) -> None:
+        with _database_errors():
+            result = await self._voices.delete_one({"voice_id": voice_id})
+        if result.deleted_count == 0:
+            raise VoiceNotFound(voice_id)
+
+    async def voice_stats(self) -> VoiceStats:
+        pipeline: list[dict[str, Any]] = [
+            {
+                "$facet": {
+                    "totals": [
+                        {
+                            "$group": {
+                                "_id": None,
+                                "total": {"$sum": 1},
+                                "active": {"$sum": {"$cond": ["$is_active", 1, 0]}},
+                                "duration": {"$sum": "$duration"},
+                                "size": {"$sum": "$file_size"},
+                            }
+                        }
+                    ],
+                    "types": [{"$group": {"_id": "$voice_type", "n": {"$sum": 1}}}],
+                    "languages": [
+                        {"$match": {"language": {"$ne": None}}},
+                        {"$group": {"_id": "$language", "n": {"$sum": 1}}},
+                    ],
+                }
+            }
+        ]
+        with _database_errors():
+            cursor = await self._voices.aggregate(pipeline)
+            (result,) = await cursor.to_list()
+        totals = result["totals"][0] if result["totals"] else {}
+        return VoiceStats(
+            total_voices=totals.get("total", 0),
+            active_voices=totals.get("active", 0),
+            voice_types={row["_id"]: row["n"] for row in result["types"]},
+            languages={row["_id"]: row["n"] for row in result["languages"]},
+            total_duration=float(totals.get("duration", 0.0)),
+            total_size=int(totals.get("size", 0)),
+        )
+
+    # --- tasks ---------------------------------------------------------------------
+
+    async def create_task(self, task: Task) -> bool:
+        document = _bson(task)
+        document["priority_rank"] = task.priority.rank
+        try:
+            with _database_errors():
+                await self._tasks.insert_one(document)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_task(self, task_id: str) -> Task:
+        with _database_errors():
+            document = await self._tasks.find_one({"task_id": task_id}, _NO_ID)
+        if document is None:
+            raise TaskNotFound(task_id)
+        return Task.model_validate(document)
+
+    async def list_tasks(
+        self,
+        *,
+        kind: TaskKind | None = None,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Task], int]:
+        query = _filters(kind=kind, status=status, priority=priority)
+        with _database_errors():
+            total = await self._tasks.count_documents(query)
+            documents = (
+                await self._tasks.find(query, _NO_ID)
+                .sort([("created_at", DESCENDING), ("task_id", DESCENDING)])
+                .limit(limit)
+                .to_list()
+                if limit > 0
+                else []
+            )
+        return [Task.model_validate(document) for document in documents], total
+
+    async def transition(
+        self,
+        task_id: str,
+        expected: Iterable[TaskStatus],
+        changes: dict[str, Any],
+    ) -> Task | None:
+        allowed = [TaskStatus(status).value for status in expected]
+        if not allowed:
+            return None
+        update = _changes(changes, _TASK_FIELDS, "task_id")
+        with _database_errors():
+            document = await self._tasks.find_one_and_update(
+                {"task_id": task_id, "status": {"$in": allowed}},
+                {"$set": update} if update else {"$set": {"task_id": task_id}},
+                projection=_NO_ID,
+                return_document=ReturnDocument.AFTER,
+            )
+        return None if document is None else Task.model_validate(document)
+
+    async def update_task(self, task_id: str, changes: dict[str, Any]) -> Task:
+        if not changes:
+            return await self.get_task(task_id)
+        with _database_errors():
+            document = await self._tasks.find_one_and_update(
+                {"task_id": task_id},
+                {"$set": _changes(changes, _TASK_FIELDS, "task_id")},
+                projection=_NO_ID,
+                return_document=ReturnDocument.AFTER,
+            )
+        if document is None:
+            raise TaskNotFound(task_id)
+        return Task.model_validate(document)
+
+    async def delete_task(self, task_id: str) -> None:
+        with _database_errors():
+            result = await self._tasks.delete_one({"task_id": task_id})
+        if result.deleted_count == 0:
+            raise TaskNotFound(task_id)
+
+    async def pending_in_order(self, kind: TaskKind, limit: int) -> list[Task]:
+        if limit <= 0:
+            return []
+        query = _filters(kind=kind, status=TaskStatus.pending)
+        with _database_errors():
+            documents = (
+                await self._tasks.find(query, _NO_ID)
+                .sort([("priority_rank", ASCENDING), ("created_at", ASCENDING)])
+                .limit(limit)
+                .to_list()
+            )
+        return [Task.model_validate(document) for document in documents]
+
+    async def queued_tasks(self) -> list[Task]:
+        query = {"status": {"$in": sorted(status.value for status in QUEUED_STATUSES)}}
+        with _database_errors():
+            documents = await self._tasks.find(query, _NO_ID).sort(_QUEUE_ORDER).to_list()
+        return [Task.model_validate(document) for document in documents]
+
+    async def expired_leases(self, now: datetime) -> list[Task]:
+        query = {
+            "status": TaskStatus.processing.value,
+            "lease_until": {"$ne": None, "$lt": _bson(now)},
+        }
+        with _database_errors():
+            documents = (
+                await self._tasks.find(query, _NO_ID).sort("lease_until", ASCENDING).to_list()
+            )
+        return [Task.model_validate(document) for document in documents]
+
+    async def count_tasks(self, kind: TaskKind | None = None) -> dict[str, dict[str, int]]:
+        pipeline: list[dict[str, Any]] = [
+            {"$match": _filters(kind=kind)},
+            {
+                "$facet": {
+                    "status": [{"$group": {"_id": "$status", "n": {"$sum": 1}}}],
+                    "priority": [{"$group": {"_id": "$priority", "n": {"$sum": 1}}}],
+                }
+            },
+        ]
+        with _database_errors():
+            cursor = await self._tasks.aggregate(pipeline)
+            (result,) = await cursor.to_list()
+        return {
+            "status": {status.value: 0 for status in TaskStatus}
+            | {row["_id"]: row["n"] for row in result["status"]},
+            "priority": {priority.value: 0 for priority in PRIORITY_ORDER}
+            | {row["_id"]: row["n"] for row in result["priority"]},
+        }
+
+    async def average_synthesis_time(self, kind: TaskKind | None = None) -> float | None:
+        match = _filters(kind=kind, status=TaskStatus.completed)
+        match["synthesis_time"] = {"$ne": None}
+        pipeline: list[dict[str, Any]] = [
+            {"$match": match},
+            {"$group": {"_id": None, "average": {"$avg": "$synthesis_time"}}},
+        ]
+        with _database_errors():
+            cursor = await self._tasks.aggregate(pipeline)
+            rows = await cursor.to_list()
+        if not rows or rows[0]["average"] is None:
+            return None
+        return float(rows[0]["average"])

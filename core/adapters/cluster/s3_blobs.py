@@ -1,0 +1,199 @@
+"""The cluster blob store: any S3 API (AWS S3, Ceph RGW, SeaweedFS, Garage, MinIO).
+
+The `minio` client is blocking, so every call runs in a worker thread. It gets its own
+urllib3 pool with short timeouts and one retry, so an unreachable store answers
+`BackendUnavailable` within the backend timeout instead of minio's default of retrying
+for minutes. Addressing is path-style (`http://host:port/bucket/key`), which every
+S3-compatible server understands.
+
+URL: `s3://HOST:PORT/BUCKET` (plain HTTP) or `s3s://HOST:PORT/BUCKET` (TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+
+from ...errors import BackendUnavailable, InvalidInput, NotFound
+from ...ports import BlobInfo
+from ..embedded.file_blobs import CHUNK_SIZE, content_type_for, key_segments
+
+T = TypeVar("T")
+
+_MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+
+
+@dataclass(frozen=True)
+class S3Location:
+    endpoint: str  # host:port
+    bucket: str
+    secure: bool
+
+
+def parse_s3_url(url: str) -> S3Location:
+    """`s3://HOST:PORT/BUCKET` or `s3s://HOST:PORT/BUCKET` → where the bucket lives."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"s3", "s3s"} or not parts.netloc:
+        raise InvalidInput(f"blob store URL must be s3://HOST:PORT/BUCKET or s3s://...: {url}")
+    bucket = parts.path.strip("/")
+    if not bucket or "/" in bucket:
+        raise InvalidInput(f"blob store URL must name exactly one bucket: {url}")
+    return S3Location(endpoint=parts.netloc, bucket=bucket, secure=parts.scheme == "s3s")
+
+
+class S3BlobStore:
+    """`BlobStore` over one bucket of an S3 API."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        access_key: str | None,
+        secret_key: str | None,
+        region: str | None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._location = parse_s3_url(url)
+        self._bucket = self._location.bucket
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            retries=urllib3.Retry(
+                total=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
+            maxsize=16,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
+        self._client = Minio(
+            self._location.endpoint,
+            access_key=access_key or None,
+            secret_key=secret_key or None,
+            secure=self._location.secure,
+            region=region or None,
+            http_client=self._http,
+        )
+        self._client.disable_virtual_style_endpoint()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not await self._call(self._client.bucket_exists, self._bucket):
+            try:
+                await self._call(self._client.make_bucket, self._bucket)
+            except BackendUnavailable as exc:
+                if not isinstance(exc.__cause__, S3Error) or exc.__cause__.code not in {
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                }:
+                    raise
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._http.clear)
+
+    async def ping(self) -> None:
+        if not await self._call(self._client.bucket_exists, self._bucket):
+            raise BackendUnavailable(f"object store unavailable: bucket {self._bucket} is gone")
+
+    async def _call(self, work: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run one blocking client call in a thread and translate its failures."""
+        return await asyncio.to_thread(_translated, work, *args, **kwargs)
+
+    # --- objects -------------------------------------------------------------------
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        key_segments(key)
+        # S3 replaces an object in one step: readers see the old or the new one.
+        await self._call(
+            self._client.put_object,
+            self._bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type or content_type_for(key),
+        )
+
+    async def get(self, key: str) -> bytes:
+        key_segments(key)
+        return await self._call(self._read_all, key)
+
+    def _read_all(self, key: str) -> bytes:
+        response = self._client.get_object(self._bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def stat(self, key: str) -> BlobInfo:
+        key_segments(key)
+        info = await self._call(self._client.stat_object, self._bucket, key)
+        return BlobInfo(
+            size=int(info.size or 0),
+            content_type=info.content_type or content_type_for(key),
+        )
+
+    async def read_range(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        key_segments(key)
+        offset = max(start, 0)
+        length = 0 if end is None else end - offset + 1  # 0 = to the end of the object
+        if end is not None and length <= 0:
+            return
+        response = await self._call(
+            self._client.get_object, self._bucket, key, offset=offset, length=length
+        )
+        pieces: Iterator[bytes] = response.stream(CHUNK_SIZE)
+        try:
+            while True:
+                piece = await self._call(next, pieces, None)
+                if piece is None:
+                    break
+                if piece:
+                    yield piece
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def delete(self, key: str) -> None:
+        key_segments(key)
+        if key.endswith("/"):
+            await self._call(self._delete_prefix, key)
+        else:
+            await self._call(self._client.remove_object, self._bucket, key)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        listing = self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+        targets = [DeleteObject(item.object_name) for item in listing if item.object_name]
+        if not targets:
+            return
+        failures = list(self._client.remove_objects(self._bucket, targets))
+        if failures:
+            raise BackendUnavailable(
+                f"object store could not delete {len(failures)} object(s) under {prefix}: "
+                f"{failures[0].message}"
+            )
+
+
+def _translated(work: Callable[..., T], *args: object, **kwargs: object) -> T:
+    try:
+        return work(*args, **kwargs)
+    except S3Error as exc:
+        if exc.code in _MISSING_OBJECT_CODES:
+            raise NotFound(f"{exc.object_name or 'object'} not found") from exc
+        if exc.code == "InvalidRange":
+            raise InvalidInput("requested range is not satisfiable") from exc
+        raise BackendUnavailable(f"object store error: {exc.code}: {exc.message}") from exc
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise BackendUnavailable(f"object store unavailable: {exc}") from exc

@@ -1,0 +1,157 @@
+"""The embedded blob store: keys become files under a few root folders.
+
+A key's first segment picks the root (`voices/...` → the voice cache folder,
+`outputs/...` → the output folder) and the rest is the path below it. Keys reach here
+from URLs, so anything that could leave a root is refused before the disk is touched:
+empty or dot segments, absolute paths, backslashes, NUL, and symlinks pointing out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from ...errors import InvalidInput, NotFound
+from ...ports import BlobInfo
+
+CHUNK_SIZE = 64 * 1024
+
+# The audio types every browser plays; mimetypes' answers for these vary by platform.
+_CONTENT_TYPES = {
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".flac": "audio/flac",
+    ".json": "application/json",
+}
+
+
+def content_type_for(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in _CONTENT_TYPES:
+        return _CONTENT_TYPES[suffix]
+    guessed, _ = mimetypes.guess_type(path)
+    return guessed or "application/octet-stream"
+
+
+def key_segments(key: str) -> list[str]:
+    """Split a key into path segments, refusing anything that could escape a namespace.
+
+    A trailing '/' (a prefix) is allowed and dropped.
+    """
+    if not key or "\\" in key or "\x00" in key or key.startswith("/"):
+        raise InvalidInput(f"invalid storage key: {key!r}")
+    segments = key.removesuffix("/").split("/")
+    if any(segment in {"", ".", ".."} for segment in segments):
+        raise InvalidInput(f"invalid storage key: {key!r}")
+    return segments
+
+
+class FileBlobStore:
+    """`BlobStore` over local folders, one per key namespace."""
+
+    def __init__(self, roots: Mapping[str, Path]) -> None:
+        self._roots = {name: Path(folder) for name, folder in roots.items()}
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._make_roots)
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._make_roots)
+
+    def _make_roots(self) -> None:
+        for folder in self._roots.values():
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        """The file a key names, after checking it stays inside its root."""
+        namespace, *rest = key_segments(key)
+        root = self._roots.get(namespace)
+        if root is None:
+            raise InvalidInput(f"invalid storage key: {key!r} (unknown namespace)")
+        if not rest:
+            raise InvalidInput(f"invalid storage key: {key!r} (names a whole namespace)")
+        path = root.joinpath(*rest)
+        resolved_root = root.resolve()
+        if not path.resolve().is_relative_to(resolved_root):
+            raise InvalidInput(f"invalid storage key: {key!r} (leaves its folder)")
+        return path
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        await asyncio.to_thread(_write_atomically, path, data)
+
+    async def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"{key} not found") from None
+
+    async def stat(self, key: str) -> BlobInfo:
+        path = self._path(key)
+        try:
+            info = await asyncio.to_thread(path.stat)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found") from None
+        if not path.is_file():
+            raise NotFound(f"{key} not found")
+        return BlobInfo(size=info.st_size, content_type=content_type_for(path.name))
+
+    async def read_range(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"{key} not found") from None
+        try:
+            await asyncio.to_thread(handle.seek, max(start, 0))
+            remaining = None if end is None else end - max(start, 0) + 1
+            while remaining is None or remaining > 0:
+                size = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
+                piece = await asyncio.to_thread(handle.read, size)
+                if not piece:
+                    break
+                if remaining is not None:
+                    remaining -= len(piece)
+                yield piece
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await asyncio.to_thread(_remove, path, key.endswith("/"))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a sibling temp file and rename it over the target: readers never see a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _remove(path: Path, as_prefix: bool) -> None:
+    if as_prefix and path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        path.unlink()
+    except (FileNotFoundError, IsADirectoryError):
+        pass

@@ -1,0 +1,369 @@
+"""Runs a synchronous engine safely under asyncio.
+
+An engine is a blocking generator that may hold a GPU for seconds. The runner puts a
+fair queue in front of it (at most `concurrency` calls at once, first come first
+served), runs each call in a worker thread of its own pool, and hands chunks to the
+event loop through a small credit window: when the consumer (an HTTP stream, a
+WebSocket) is slow, the engine thread waits instead of piling audio up in memory.
+
+When the consumer stops (client gone, `aclose()`, task cancelled) or the deadline
+passes, the call's cancel flag is set; the engine thread notices it at the next chunk,
+closes the engine's generator (which releases what it holds) and only then gives its
+slot back, so a cancelled call never overlaps with the one admitted after it.
+
+Deadlines: a call that is still waiting for a slot when its deadline passes raises
+`Busy` (503: the engine is saturated); a call whose engine work overruns it raises
+`SynthesisFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import soxr
+
+from ..errors import Busy, CosyVoiceError, EngineNotReady, SynthesisFailed
+from ..ports import AudioChunk, Clip, EngineInfo, SynthesisRequest
+from .base import Engine, EngineRequest
+from .features import FeatureCache
+
+logger = logging.getLogger(__name__)
+
+ClipLoader = Callable[[], Awaitable[Clip]]
+
+_CREDIT_POLL_SECONDS = 0.05
+_LATENCY_SMOOTHING = 0.2  # weight of the newest sample in the first-chunk average
+
+
+class EngineRunner:
+    """One engine, its feature cache, and the admission rules of the calls to it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        concurrency: int,
+        timeout: float,
+        feature_cache: FeatureCache,
+        buffered_chunks: int = 4,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._engine = engine
+        self._timeout = timeout
+        self._feature_cache = feature_cache
+        self._buffered_chunks = max(buffered_chunks, 1)
+        self._slots = _FifoSlots(concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="engine")
+        self._cancel_flags: set[threading.Event] = set()
+        self.concurrency = concurrency
+        self.ready = False
+        self.load_error: str | None = None
+        self.active = 0
+        self.queued = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.first_chunk_seconds: float | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._engine.info
+
+    @property
+    def feature_cache(self) -> FeatureCache:
+        return self._feature_cache
+
+    async def start(self) -> None:
+        """Load the engine in a thread; a failure is recorded, not raised, so the API
+        still starts and reports the reason on /health and in 503 answers."""
+        self.ready = False
+        self.load_error = None
+        try:
+            await asyncio.to_thread(self._engine.load)
+        except CosyVoiceError as exc:
+            self.load_error = exc.detail
+        except Exception as exc:
+            logger.exception("engine %s failed to load", type(self._engine).__name__)
+            self.load_error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.ready = True
+        if self.load_error:
+            logger.error("engine not ready: %s", self.load_error)
+
+    async def close(self) -> None:
+        """Stop every running call and let the worker threads finish their chunk."""
+        self.ready = False
+        for flag in list(self._cancel_flags):
+            flag.set()
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+    def synthesize(
+        self, request: SynthesisRequest, clip_loader: ClipLoader
+    ) -> AsyncIterator[AudioChunk]:
+        return self._run(request, clip_loader)
+
+    async def _run(
+        self, request: SynthesisRequest, clip_loader: ClipLoader
+    ) -> AsyncIterator[AudioChunk]:
+        if not self.ready:
+            raise EngineNotReady(self.load_error or "the engine is still loading")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._timeout
+
+        self.queued += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), deadline - loop.time())
+        except TimeoutError:
+            raise Busy(
+                f"no synthesis slot became free within {self._timeout:g} s; try again later"
+            ) from None
+        finally:
+            self.queued -= 1
+
+        self.active += 1
+        call: _Call | None = None
+        try:
+            clip, features = await self._features(request, clip_loader, deadline)
+            engine_request = _engine_request(request, clip, features)
+            call = _Call(loop, self._buffered_chunks)
+            self._cancel_flags.add(call.cancel)
+            future = self._pool.submit(call.produce, self._engine.synthesize, engine_request)
+        except BaseException:
+            if call is not None:
+                self._cancel_flags.discard(call.cancel)
+            self._free_slot()
+            self.failed += 1
+            raise
+        # From here on the worker thread owns the slot: it is freed when the thread has
+        # closed the engine's generator, not when the consumer leaves.
+        future.add_done_callback(lambda _: _call_soon(loop, self._release, call))
+        try:
+            async with contextlib.aclosing(
+                self._consume(call, request, deadline, started)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            self.cancelled += 1
+            raise
+        except BaseException:
+            self.failed += 1
+            raise
+        else:
+            self.completed += 1
+        finally:
+            call.cancel.set()
+
+    async def _features(
+        self, request: SynthesisRequest, clip_loader: ClipLoader, deadline: float
+    ) -> tuple[Clip, Any]:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(
+                self._feature_cache.get(request.voice, clip_loader), remaining
+            )
+        except TimeoutError:
+            raise SynthesisFailed(
+                f"preparing the voice took longer than the {self._timeout:g} s deadline"
+            ) from None
+
+    async def _consume(
+        self, call: _Call, request: SynthesisRequest, deadline: float, started: float
+    ) -> AsyncIterator[AudioChunk]:
+        loop = asyncio.get_running_loop()
+        native_rate = self._engine.info.sample_rate
+        target_rate = request.sample_rate or native_rate
+        resampler = _ChunkResampler(native_rate, target_rate)
+        first = True
+        try:
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(
+                        call.inbox.get(), max(deadline - loop.time(), 0.0)
+                    )
+                except TimeoutError:
+                    raise SynthesisFailed(
+                        f"synthesis did not finish within the {self._timeout:g} s deadline"
+                    ) from None
+                if kind == "error":
+                    raise _as_synthesis_error(payload)
+                if kind == "end":
+                    tail = resampler.flush()
+                    if tail.size:
+                        yield AudioChunk(samples=tail, sample_rate=target_rate)
+                    return
+                call.credits.release()
+                samples = resampler.push(payload)
+                if samples.size == 0:
+                    continue
+                if first:
+                    first = False
+                    self._record_first_chunk(loop.time() - started)
+                yield AudioChunk(samples=samples, sample_rate=target_rate)
+        finally:
+            call.cancel.set()
+
+    def _record_first_chunk(self, seconds: float) -> None:
+        previous = self.first_chunk_seconds
+        self.first_chunk_seconds = (
+            seconds
+            if previous is None
+            else previous + _LATENCY_SMOOTHING * (seconds - previous)
+        )
+
+    def _release(self, call: _Call) -> None:
+        self._cancel_flags.discard(call.cancel)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
+
+class _Call:
+    """The two ends of one synthesis: the engine thread and the event-loop consumer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: int) -> None:
+        self._loop = loop
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.credits = threading.Semaphore(window)
+        self.cancel = threading.Event()
+
+    def produce(
+        self,
+        synthesize: Callable[[EngineRequest], Iterator[np.ndarray]],
+        request: EngineRequest,
+    ) -> None:
+        """Runs in the worker thread: pull chunks while the consumer wants them."""
+        chunks: Iterator[np.ndarray] | None = None
+        try:
+            chunks = synthesize(request)
+            for samples in chunks:
+                if not self._wait_for_credit():
+                    return
+                self._post(("chunk", samples))
+            self._post(("end", None))
+        except BaseException as exc:
+            self._post(("error", exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                try:
+                    close()  # the engine's `finally` blocks run here, in this thread
+                except Exception:
+                    logger.exception("engine generator failed to close")
+
+    def _wait_for_credit(self) -> bool:
+        while not self.credits.acquire(timeout=_CREDIT_POLL_SECONDS):
+            if self.cancel.is_set():
+                return False
+        if self.cancel.is_set():
+            return False
+        return True
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        if not self.cancel.is_set():
+            _call_soon(self._loop, self.inbox.put_nowait, item)
+
+
+class _FifoSlots:
+    """A counting semaphore that hands a freed slot to the longest waiter directly.
+
+    Handing over (instead of incrementing and waking) means a newcomer can never take a
+    slot ahead of someone already queued.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot reached us as we gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+class _ChunkResampler:
+    """Streaming resampler: one filter state across chunks, so seams stay inaudible."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self._stream = (
+            None
+            if from_rate == to_rate
+            else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality="HQ")
+        )
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        audio = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
+        if self._stream is None:
+            return audio
+        return self._stream.resample_chunk(audio, last=False)
+
+    def flush(self) -> np.ndarray:
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> EngineRequest:
+    return EngineRequest(
+        text=request.text,
+        mode=request.mode,
+        clip=clip,
+        features=features,
+        voice_key=request.voice.sha256,
+        prompt_text=request.voice.prompt_text,
+        instruct_text=request.instruct_text,
+        speed=request.speed,
+        language=request.language,
+    )
+
+
+def _as_synthesis_error(exc: BaseException) -> CosyVoiceError:
+    if isinstance(exc, CosyVoiceError):
+        return exc
+    message = str(exc).strip() or type(exc).__name__
+    error = SynthesisFailed(f"synthesis failed: {message}")
+    error.__cause__ = exc
+    return error
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    # The loop may be closed when a worker thread finishes during shutdown.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)

@@ -1,0 +1,157 @@
+"""Every bad request gets its 4xx with a `detail`, and the service stays healthy."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.audio_checks import assert_speech
+from tests.conftest import TESTDATA
+
+EN = TESTDATA / "cross_lingual_prompt.wav"
+
+
+def wav_bytes(seconds: float, rate: int = 16000, silent: bool = False) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    tone = np.zeros_like(t) if silent else 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(t * 3))
+    buffer = io.BytesIO()
+    sf.write(buffer, tone.astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def new_voice(voice_id: str | None = None, **fields: str) -> dict[str, str]:
+    return {
+        "voice_id": voice_id or f"bad_{uuid.uuid4().hex[:8]}",
+        "name": "n",
+        "voice_type": "cross_lingual",
+        **fields,
+    }
+
+
+def assert_error(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert body.get("detail"), body
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"text": "hi", "voice_id": "no_such_voice"}, 404),
+        ({"voice_id": "x"}, 400),
+        ({"text": "hi"}, 400),
+        ({"text": "hi", "voice_id": "x", "format": "ogg"}, 400),
+        ({"text": "hi", "voice_id": "x", "speed": 0.1}, 400),
+        ({"text": "hi", "voice_id": "x", "speed": 5.0}, 400),
+        ({"text": "   ", "voice_id": "x"}, 400),
+        ({"text": "a" * 2001, "voice_id": "x"}, 400),
+    ],
+)
+def test_with_cache_rejects(client: httpx.Client, voice_id: str, body: dict, status: int) -> None:
+    if status == 400 and "voice_id" in body and body["voice_id"] == "x":
+        body = {**body, "voice_id": voice_id}
+    assert_error(client.post("/api/v3/cross-lingual/with-cache", json=body), status)
+
+
+def test_malformed_json(client: httpx.Client) -> None:
+    response = client.post(
+        "/api/v3/cross-lingual/with-cache",
+        content=b'{"text": "hi", "voice_id": ',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    ("fields", "audio", "status"),
+    [
+        ({"voice_type": "robot"}, None, 400),
+        ({"voice_id": "has/slash"}, None, 400),
+        ({"voice_id": "../escape"}, None, 400),
+        ({"voice_id": "x" * 65}, None, 400),
+        ({"voice_type": "zero_shot"}, None, 400),  # zero_shot needs prompt_text
+        ({}, b"", 422),
+        ({}, b"this is not audio at all, just text pretending" * 10, 422),
+        ({}, "silence", 422),
+        ({}, "short", 422),
+        ({}, "long", 422),
+    ],
+)
+def test_create_voice_rejects(
+    client: httpx.Client, fields: dict, audio: object, status: int
+) -> None:
+    payload = {"silence": wav_bytes(3, silent=True), "short": wav_bytes(0.5), "long": wav_bytes(60)}
+    data = audio if isinstance(audio, bytes) else payload.get(audio, EN.read_bytes())  # type: ignore[arg-type]
+    response = client.post(
+        "/api/v3/voices/",
+        data=new_voice(**fields) if "voice_id" not in fields else {**new_voice(), **fields},
+        files={"audio_file": ("sample.wav", data, "audio/wav")},
+    )
+    assert_error(response, status)
+
+
+def test_missing_fields_and_duplicates(client: httpx.Client, voice_id: str) -> None:
+    assert_error(client.post("/api/v3/voices/", data=new_voice()), 400)  # no file
+    response = client.post(
+        "/api/v3/voices/",
+        data=new_voice(voice_id),
+        files={"audio_file": ("s.wav", EN.read_bytes(), "audio/wav")},
+    )
+    assert_error(response, 409)
+
+
+def test_huge_upload_is_refused_early(client: httpx.Client) -> None:
+    big = b"\0" * (60 * 1024 * 1024)
+    response = client.post(
+        "/api/v3/voices/",
+        data=new_voice(),
+        files={"audio_file": ("big.wav", big, "audio/wav")},
+    )
+    assert_error(response, 413)
+
+
+def test_page_size_over_limit(client: httpx.Client) -> None:
+    assert_error(client.get("/api/v3/voices/", params={"page_size": 1000}), 400)
+    assert_error(client.get("/api/v3/voices/", params={"page": 0}), 400)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v3/audio/..%2F..%2Fetc%2Fpasswd",
+        "/api/v3/audio/%2e%2e%2fcosyvoice.db",
+        "/api/v3/audio/v3_cache_zzzz.wav",
+        "/api/v3/audio/passwd",
+        "/api/v3/audio/..%5C..%5Cwindows.ini",
+    ],
+)
+def test_audio_path_traversal(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code in (400, 404)
+    assert response.json()["detail"]
+
+
+def test_unknown_audio_is_404(client: httpx.Client) -> None:
+    assert_error(client.get("/api/v3/audio/v3_cache_0123abcd.wav"), 404)
+
+
+def test_unknown_voice_routes(client: httpx.Client) -> None:
+    assert_error(client.get("/api/v3/voices/nobody_here"), 404)
+    assert_error(client.put("/api/v3/voices/nobody_here", json={"name": "x"}), 404)
+    assert_error(client.put("/api/v3/voices/nobody_here", json={"bogus": 1}), 400)
+
+
+def test_service_still_healthy_after_abuse(client: httpx.Client, voice_id: str) -> None:
+    test_huge_upload_is_refused_early(client)
+    assert client.get("/health").json()["status"] == "healthy"
+    response = client.post(
+        "/api/v3/cross-lingual/with-cache", json={"text": "Still working.", "voice_id": voice_id}
+    )
+    assert response.status_code == 200
+    assert_speech(client.get(response.json()["audio_url"]).content)
