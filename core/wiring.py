@@ -17,7 +17,10 @@ from urllib.parse import urlparse
 from .domain import EngineSlot
 from .ports import BlobStore, EventBus, MetadataStore, SynthesisClient
 from .services.synthesis import SynthesisService
+from .services.tasks import TaskService
 from .services.voices import VoiceService
+from .services.webhooks import WebhookDispatcher
+from .services.worker import RenderWorker
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -179,7 +182,11 @@ class Runtime:
     engine_warnings: dict[EngineSlot, str | None]
     voices: VoiceService
     synthesis: SynthesisService
+    tasks: TaskService
+    worker: RenderWorker
+    webhooks: WebhookDispatcher
     extras: dict[str, Any] = field(default_factory=dict)
+    _working: bool = field(default=False, init=False, repr=False)
 
     async def start(self) -> None:
         await self.store.start()
@@ -190,8 +197,18 @@ class Runtime:
             if id(client) not in started:
                 started.add(id(client))
                 await client.start()
+        if self.settings.worker_concurrency > 0:
+            # Webhooks first, so the endings of renders resumed at start are delivered.
+            await self.webhooks.start(self.bus)
+            await self.worker.start()
+            self._working = True
 
     async def close(self) -> None:
+        if self._working:
+            # Drain before anything the renders need (engines, bus, store) goes away.
+            self._working = False
+            await self.worker.stop()
+            await self.webhooks.stop()
         closed: set[int] = set()
         for client in self.synthesis_clients.values():
             if id(client) not in closed:
@@ -202,11 +219,74 @@ class Runtime:
         await self.store.close()
 
 
+class _DeadLetterSink:
+    """The bus's dead-letter callback: marks the task failed with the bus's reason.
+
+    The bus is built before the task service that handles its dead letters (which needs
+    the bus), so the service is attached once it exists.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: TaskService | None = None
+
+    async def __call__(self, task_id: str, reason: str) -> None:
+        if self.tasks is None:
+            raise RuntimeError("dead letter received before the task service exists")
+        await self.tasks.fail(task_id, f"rendering gave up after repeated failures: {reason}")
+
+
+def build_task_parts(
+    settings: Settings,
+    store: MetadataStore,
+    bus: EventBus,
+    blobs: BlobStore,
+    synthesis: SynthesisService,
+) -> tuple[TaskService, RenderWorker, WebhookDispatcher]:
+    tasks = TaskService(
+        store,
+        bus,
+        blobs,
+        synthesis,
+        max_text_length=settings.max_task_text_length,
+        allow_private_callbacks=settings.webhook_allow_private,
+        worker_concurrency=settings.worker_concurrency,
+    )
+    worker = RenderWorker(
+        store,
+        bus,
+        blobs,
+        synthesis,
+        tasks,
+        concurrency=settings.worker_concurrency,
+        lease_seconds=settings.task_lease_seconds,
+        max_attempts=settings.task_max_attempts,
+    )
+    webhooks = WebhookDispatcher(
+        store,
+        secret=settings.webhook_secret,
+        allow_private=settings.webhook_allow_private,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_seconds=settings.webhook_backoff_seconds,
+        timeout=settings.webhook_timeout,
+    )
+    return tasks, worker, webhooks
+
+
 def build_runtime(settings: Settings) -> Runtime:
     store = build_metadata_store(settings)
     blobs = build_blob_store(settings)
-    bus = build_event_bus(settings, store)
+    dead_letters = _DeadLetterSink()
+    bus = build_event_bus(settings, store, on_dead_letter=dead_letters)
     clients, warnings = build_synthesis_clients(settings, blobs)
+    synthesis = SynthesisService(
+        store,
+        blobs,
+        clients,
+        sample_rate=settings.sample_rate,
+        segment_max_chars=settings.segment_max_chars,
+    )
+    tasks, worker, webhooks = build_task_parts(settings, store, bus, blobs, synthesis)
+    dead_letters.tasks = tasks
     return Runtime(
         settings=settings,
         store=store,
@@ -215,11 +295,8 @@ def build_runtime(settings: Settings) -> Runtime:
         synthesis_clients=clients,
         engine_warnings=warnings,
         voices=VoiceService(store, blobs, max_audio_duration=settings.max_audio_duration),
-        synthesis=SynthesisService(
-            store,
-            blobs,
-            clients,
-            sample_rate=settings.sample_rate,
-            segment_max_chars=settings.segment_max_chars,
-        ),
+        synthesis=synthesis,
+        tasks=tasks,
+        worker=worker,
+        webhooks=webhooks,
     )

@@ -108,7 +108,9 @@ DEFAULT_FEATURES = EspeakVoiceFeatures(
 
 
 @dataclass(frozen=True)
-class _VoiceSettings:
+class VoiceSettings:
+    """One utterance's espeak voice name (language+variant) and parameters."""
+
     voice: str
     rate: int
     pitch: int
@@ -163,7 +165,7 @@ class _Library:
             self._collected.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0  # 0 = go on
 
-    def speak(self, text: str, settings: _VoiceSettings) -> np.ndarray:
+    def speak(self, text: str, settings: VoiceSettings) -> np.ndarray:
         """Int16 samples of one utterance. The caller holds _LIBRARY_LOCK."""
         if self.lib.espeak_SetVoiceByName(settings.voice.encode()) != 0:
             raise SynthesisFailed(f"espeak-ng has no voice {settings.voice!r}")
@@ -266,7 +268,7 @@ class EspeakEngine:
             features = self.extract_features(request.clip, request.prompt_text)
         text = _MODEL_MARKUP.sub(" ", request.text)
         instruction = parse_instruction(request.instruct_text)
-        language = request.language or detect_language(text)
+        language = _espeak_language(request.language) or detect_language(text)
         settings = voice_settings(features, instruction, language, request.speed)
 
         spoke = False
@@ -281,14 +283,24 @@ class EspeakEngine:
             raise InvalidInput("the text has nothing that can be spoken")
 
 
+def _espeak_language(language: str | None) -> str | None:
+    """A language code espeak can speak ("zh-CN" -> "zh"), or None to detect from text."""
+    if not language:
+        return None
+    code = language.strip().lower().replace("_", "-")
+    if code in ESPEAK_VOICES:
+        return code
+    base = code.split("-")[0]
+    return base if base in ESPEAK_VOICES else None
+
+
 def voice_settings(
     features: EspeakVoiceFeatures, instruction: Instruction, language: str, speed: float
-) -> _VoiceSettings:
+) -> VoiceSettings:
     """espeak's voice and parameters for one request: clip traits, then the instruction."""
-    code = language.lower()
-    if instruction.dialect == "cantonese" and code in ("zh", "yue"):
-        code = "yue"
-    voice = ESPEAK_VOICES.get(code, ESPEAK_VOICES["en"])
+    if instruction.dialect == "cantonese" and language == "zh":
+        language = "yue"
+    voice = ESPEAK_VOICES.get(language, ESPEAK_VOICES["en"])
 
     female = features.gender == "female"
     if instruction.whisper:
@@ -303,7 +315,7 @@ def voice_settings(
     pitch_range = (
         0.0 if instruction.emotion == "robot" else 50 * relative_spread / _BASE_RELATIVE_SPREAD
     )
-    return _VoiceSettings(
+    return VoiceSettings(
         voice=voice,
         rate=int(np.clip(round(rate), *_ESPEAK_WPM_LIMITS)),
         pitch=round(np.interp(semitones, _PITCH_SEMITONES, _PITCH_PARAM)),

@@ -137,13 +137,16 @@ class FeatureCache:
         try:
             features = await asyncio.to_thread(self._engine.deserialize_features, payload)
         except Exception as exc:
-            logger.warning("stored voice features at %s are unusable (%s): extracting",
-                           blob_key, exc)
+            logger.warning(
+                "stored voice features at %s are unusable (%s): extracting", blob_key, exc
+            )
             return None
         self.blob_hits += 1
         return features
 
-    async def _write_blob(self, blob_key: str | None, prompt_text: str | None, features: Any) -> None:
+    async def _write_blob(
+        self, blob_key: str | None, prompt_text: str | None, features: Any
+    ) -> None:
         if blob_key is None or self._blobs is None:
             return
         try:

@@ -80,7 +80,7 @@ _DIALECT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 _EMOTIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE))
     for name, pattern in (
-        ("happy", r"\b(happy|happily|cheerful|joyful|excited|glad)\b|开心|高兴|快乐|愉快"),
+        ("happy", r"\b(happ(y|ily)|(cheer|joy)ful(ly)?|excited(ly)?|glad)\b|开心|高兴|快乐|愉快"),
         ("sad", r"\b(sad(ly)?|sorrowful(ly)?|unhappy|melanchol(y|ic))\b|伤心|难过|悲伤"),
         ("angry", r"\b(angry|angrily|anger|furious(ly)?|mad)\b|生气|愤怒"),
         ("robot", r"\b(robot(ic)?|machine[- ]like)\b|机器人"),
@@ -100,9 +100,11 @@ _VERY_FAST = re.compile(
     r"|\bas\s+(fast|quick\w*)\s+as\s+possible|尽可能快|非常快|很快",
     re.IGNORECASE,
 )
-_LOUD = re.compile(r"\b(loud(ly|er)?|shout(ing)?)\b|大声|大聲", re.I)
-_SOFT = re.compile(r"\b(soft(ly|er)?|quiet(ly|er)?|gentl[ey])\b|轻声|輕聲|小声|小聲|温柔", re.I)
-_WHISPER = re.compile(r"\bwhisper(ing|ed)?\b|耳语|悄悄", re.I)
+_LOUD = re.compile(r"\b(loud(ly|er)?|shout(ing)?)\b|大声|大聲", re.IGNORECASE)
+_SOFT = re.compile(
+    r"\b(soft(ly|er)?|quiet(ly|er)?|gentl[ey])\b|轻声|輕聲|小声|小聲|温柔", re.IGNORECASE
+)
+_WHISPER = re.compile(r"\bwhisper(ing|ed)?\b|耳语|悄悄", re.IGNORECASE)
 
 # What each emotion does to a synthesizer without its own emotion model: small, audible.
 _EMOTION_PROSODY: dict[str, Instruction] = {

@@ -222,9 +222,7 @@ class EngineRunner:
     def _record_first_chunk(self, seconds: float) -> None:
         previous = self.first_chunk_seconds
         self.first_chunk_seconds = (
-            seconds
-            if previous is None
-            else previous + _LATENCY_SMOOTHING * (seconds - previous)
+            seconds if previous is None else previous + _LATENCY_SMOOTHING * (seconds - previous)
         )
 
     def _release(self, call: _Call) -> None:

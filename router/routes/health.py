@@ -25,7 +25,7 @@ def package_version() -> str:
 
 
 async def _probe(
-    name: str, backend: str, check: object, timeout: float
+    name: str, backend: str, check: object, limit: float
 ) -> tuple[str, ServiceHealth]:
     try:
         await asyncio.wait_for(check(), limit)  # type: ignore[operator]

@@ -9,6 +9,7 @@ version (1.x here, see the pinned dependencies) in one place.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
+from pydantic_core import to_jsonable_python
 
 from ...errors import InvalidInput
 
@@ -61,12 +63,17 @@ def encode_event(
         "id": event_id or str(uuid.uuid4()),
         "datacontenttype": JSON,
     }
-    headers, body = to_binary(CloudEvent(attributes, data))
+    headers, body = to_binary(CloudEvent(attributes, data), data_marshaller=_json_bytes)
     return OutgoingEvent(
         event_id=attributes["id"],
         headers={name: str(value) for name, value in headers.items()},
         body=body if isinstance(body, bytes) else str(body).encode(),
     )
+
+
+def _json_bytes(data: Any) -> bytes:
+    """JSON of domain values too (datetimes as ISO-8601, enums by value)."""
+    return json.dumps(to_jsonable_python(data), ensure_ascii=False).encode()
 
 
 def decode_event(headers: dict[str, str] | None, body: bytes) -> IncomingEvent:

@@ -135,7 +135,9 @@ class FileBlobStore:
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write a sibling temp file and rename it over the target: readers never see a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".part"
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)

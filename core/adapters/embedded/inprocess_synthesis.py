@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from ...audio.decode import decode_clip
+from ...engines.runner import EngineRunner
 from ...errors import InvalidInput, NotFound, SynthesisFailed
 from ...ports import AudioChunk, BlobStore, Clip, EngineInfo, SynthesisRequest, VoicePrompt
-from ...engines.runner import EngineRunner
 
 
 class InProcessSynthesis:

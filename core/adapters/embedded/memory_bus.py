@@ -122,7 +122,9 @@ class MemoryEventBus:
     async def _failed(self, request: RenderRequest, deliveries: int, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         if self._max_deliver is not None and deliveries >= self._max_deliver:
-            log.error("render %s failed %d times, giving up: %s", request.task_id, deliveries, reason)
+            log.error(
+                "render %s failed %d times, giving up: %s", request.task_id, deliveries, reason
+            )
             self._forget(request.task_id)
             if self._on_dead_letter is not None:
                 await self._on_dead_letter(request.task_id, reason)

@@ -34,7 +34,7 @@ class CosyVoiceFrontEnd:
 
     def text_normalize(self, text: Any, split: bool = True, text_frontend: bool = True) -> Any:
         # Upstream skips normalisation *and splitting* for text with `<|...|>` markers.
-        if "<|" in text and "|>" in text or text_frontend is False or text == "":
+        if ("<|" in text and "|>" in text) or text_frontend is False or text == "":
             return [text] if split else text
         text = text.strip()
         if not split:
@@ -45,15 +45,20 @@ class CosyVoiceFrontEnd:
         if not isinstance(prompt_wav, (str, os.PathLike)):
             raise TypeError(f"prompt_wav must be a file path, got {type(prompt_wav).__name__}")
         samples, rate = sf.read(os.fspath(prompt_wav), dtype="float32", always_2d=True)
-        self.wav_reads.append({"path": os.fspath(prompt_wav), "sample_rate": rate,
-                               "seconds": len(samples) / rate})
+        self.wav_reads.append(
+            {"path": os.fspath(prompt_wav), "sample_rate": rate, "seconds": len(samples) / rate}
+        )
         # Upstream's message names the target rate, not the minimum: misleading on purpose.
         assert rate >= 16000, f"wav sample rate {rate} must be greater than 24000"
-        assert len(samples) / rate <= 30, "do not support extract speech token for audio longer than 30s"
+        assert len(samples) / rate <= 30, "do not support audio longer than 30s"
         return samples.mean(axis=1), rate
 
     def frontend_zero_shot(
-        self, tts_text: str, prompt_text: str, prompt_wav: Any, resample_rate: int,
+        self,
+        tts_text: str,
+        prompt_text: str,
+        prompt_wav: Any,
+        resample_rate: int,
         zero_shot_spk_id: str,
     ) -> dict[str, Any]:
         if zero_shot_spk_id == "":
@@ -84,8 +89,9 @@ class CosyVoiceFrontEnd:
     def frontend_cross_lingual(
         self, tts_text: str, prompt_wav: Any, resample_rate: int, zero_shot_spk_id: str
     ) -> dict[str, Any]:
-        model_input = self.frontend_zero_shot(tts_text, "", prompt_wav, resample_rate,
-                                              zero_shot_spk_id)
+        model_input = self.frontend_zero_shot(
+            tts_text, "", prompt_wav, resample_rate, zero_shot_spk_id
+        )
         del model_input["prompt_text"]
         del model_input["prompt_text_len"]
         del model_input["llm_prompt_speech_token"]
@@ -93,11 +99,16 @@ class CosyVoiceFrontEnd:
         return model_input
 
     def frontend_instruct2(
-        self, tts_text: str, instruct_text: str, prompt_wav: Any, resample_rate: int,
+        self,
+        tts_text: str,
+        instruct_text: str,
+        prompt_wav: Any,
+        resample_rate: int,
         zero_shot_spk_id: str,
     ) -> dict[str, Any]:
-        model_input = self.frontend_zero_shot(tts_text, instruct_text, prompt_wav,
-                                              resample_rate, zero_shot_spk_id)
+        model_input = self.frontend_zero_shot(
+            tts_text, instruct_text, prompt_wav, resample_rate, zero_shot_spk_id
+        )
         del model_input["llm_prompt_speech_token"]
         del model_input["llm_prompt_speech_token_len"]
         return model_input

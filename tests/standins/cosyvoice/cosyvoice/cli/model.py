@@ -34,10 +34,17 @@ class CosyVoice2Model:
         self.calls: list[dict[str, Any]] = []
 
     def tts(
-        self, text: Any, flow_embedding: Any, llm_embedding: Any = None,
-        prompt_text: Any = None, llm_prompt_speech_token: Any = None,
-        flow_prompt_speech_token: Any = None, prompt_speech_feat: Any = None,
-        stream: bool = False, speed: float = 1.0, **kwargs: Any,
+        self,
+        text: Any,
+        flow_embedding: Any,
+        llm_embedding: Any = None,
+        prompt_text: Any = None,
+        llm_prompt_speech_token: Any = None,
+        flow_prompt_speech_token: Any = None,
+        prompt_speech_feat: Any = None,
+        stream: bool = False,
+        speed: float = 1.0,
+        **kwargs: Any,
     ) -> Iterator[dict[str, Any]]:
         tts_text = decode_text(text)
         prompt = decode_text(prompt_text) if prompt_text is not None else ""

@@ -1,0 +1,494 @@
+"""The cluster event bus: NATS JetStream, every message a binary-mode CloudEvent.
+
+Stream `COSYVOICE` holds every `cosyvoice.>` subject on disk. Render requests go to
+`cosyvoice.render.requested.<priority>`, one durable pull consumer per priority, and a
+dispatcher drains them highest first: it asks `urgent` for one message, then `high`
+only if `urgent` had none, and so on, and only when a handler slot is free, so an
+urgent job never waits behind a thousand low ones.
+
+Delivery rules, shared by every consumer here:
+
+- success → ack; the handler raised → nak with a growing delay (JetStream redelivers);
+- a long handler sends in-progress heartbeats so the ack wait does not run out;
+- after `max_deliver` deliveries the message is copied to `cosyvoice.dlq.<subject>`,
+  `on_dead_letter(task_id, reason)` is told (so the task can be marked failed), and the
+  message is terminated; a worker that died on the last delivery is noticed on the
+  extra delivery the consumer allows, without running the handler again.
+
+De-duplication: each message carries `Nats-Msg-Id` equal to its `ce-id`, and the
+stream drops a repeat within its duplicate window. A render's id is
+`render.<task_id>.<queued_at ms>.<attempts>` read from the task, so publishing the same
+queued task twice is one message, while a task re-queued after a crash (a later
+`queued_at` or more `attempts`) is a new one.
+
+The connection reconnects forever; consumers keep polling through an outage and pick
+up again when the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from ...domain import PRIORITY_ORDER, Priority
+from ...errors import BackendUnavailable, InvalidInput, TaskNotFound
+from ...ports import MetadataStore, RenderHandler, RenderRequest, TaskEndedHandler
+from .cloudevents_codec import (
+    DEFAULT_SOURCE,
+    RENDER_REQUESTED,
+    RENDER_SUBMIT,
+    IncomingEvent,
+    OutgoingEvent,
+    decode_event,
+    encode_event,
+    task_ended_type,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM = "COSYVOICE"
+STREAM_SUBJECTS = "cosyvoice.>"
+RENDER_SUBJECT = "cosyvoice.render.requested"
+SUBMIT_SUBJECT = "cosyvoice.render.submit"
+TASK_SUBJECT = "cosyvoice.task"
+DLQ_SUBJECT = "cosyvoice.dlq"
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+DLQ_REASON_HEADER = "Cosyvoice-Dead-Letter-Reason"
+DLQ_DELIVERIES_HEADER = "Cosyvoice-Deliveries"
+
+DeadLetterHandler = Callable[[str, str], Awaitable[None]]
+SubmissionHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_MAX_RETRY_DELAY = 60.0
+_IDLE_FETCH_TIMEOUT = 1.0
+_OUTAGE_PAUSE = 1.0
+_RETENTION_SECONDS = 7 * 24 * 3600.0
+
+
+def render_subject(priority: Priority) -> str:
+    return f"{RENDER_SUBJECT}.{priority.value}"
+
+
+class NatsEventBus:
+    """`EventBus` over NATS JetStream."""
+
+    def __init__(
+        self,
+        url: str,
+        store: MetadataStore,
+        *,
+        max_deliver: int,
+        ack_wait: float,
+        on_dead_letter: DeadLetterHandler | None = None,
+        retry_delay: float = 1.0,
+        duplicate_window: float = 120.0,
+        replicas: int = 1,
+        poll_interval: float = 0.1,
+        timeout: float = 5.0,
+        source: str = DEFAULT_SOURCE,
+    ) -> None:
+        """`poll_interval` is how long each priority is asked for work before the next
+        one; `timeout` bounds connecting and each publish."""
+        self._url = url
+        self._store = store
+        self._max_deliver = max(max_deliver, 1)
+        self._ack_wait = ack_wait
+        self._on_dead_letter = on_dead_letter
+        self._retry_delay = retry_delay
+        self._duplicate_window = duplicate_window
+        self._replicas = replicas
+        self._poll_interval = poll_interval
+        self._timeout = timeout
+        self._source = source
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._loops: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._nc is not None:
+            return
+        self._closing = False
+        try:
+            nc = await nats.connect(
+                self._url,
+                name="cosyvoice",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=max(int(self._timeout), 1),
+                error_cb=_log_error,
+                disconnected_cb=_log_disconnected,
+                reconnected_cb=_log_reconnected,
+            )
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+        self._nc, self._js = nc, nc.jetstream(timeout=self._timeout)
+        try:
+            await self._ensure_stream()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._closing = True
+        loops = list(self._loops)
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        self._loops.clear()
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await nc.close()
+
+    async def ping(self) -> None:
+        if self._nc is None or not self._nc.is_connected:
+            raise BackendUnavailable("event bus unavailable: not connected to NATS")
+        try:
+            await self._jetstream.account_info()
+        except nats.errors.Error as exc:
+            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+
+    @property
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise BackendUnavailable("event bus unavailable: it is not started")
+        return self._js
+
+    async def _ensure_stream(self) -> None:
+        """Create the stream, or bring an existing one to this configuration."""
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[STREAM_SUBJECTS],
+            storage=StorageType.FILE,
+            num_replicas=self._replicas,
+            duplicate_window=self._duplicate_window,
+            max_age=_RETENTION_SECONDS,
+        )
+        js = self._jetstream
+        try:
+            try:
+                await js.stream_info(STREAM)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await js.add_stream(config)
+                    return
+                except nats.js.errors.BadRequestError:
+                    pass  # another replica created it first: fall through to update
+            await js.update_stream(config)
+        except nats.errors.Error as exc:
+            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+
+    # --- publishing ----------------------------------------------------------------
+
+    async def publish_render(self, request: RenderRequest) -> None:
+        event = encode_event(
+            RENDER_REQUESTED,
+            {"task_id": request.task_id, "priority": request.priority.value},
+            event_id=await self._render_event_id(request.task_id),
+            source=self._source,
+        )
+        await self._publish(render_subject(request.priority), event)
+
+    async def _render_event_id(self, task_id: str) -> str:
+        try:
+            task = await self._store.get_task(task_id)
+        except TaskNotFound:
+            return f"render.{task_id}"
+        queued = int(task.queued_at.timestamp() * 1000) if task.queued_at else 0
+        return f"render.{task_id}.{queued}.{task.attempts}"
+
+    async def publish_task_ended(self, status: str, payload: dict[str, Any]) -> None:
+        if not _TOKEN.match(status):
+            raise InvalidInput(f"invalid task status for a subject: {status!r}")
+        task_id = payload.get("task_id")
+        event = encode_event(
+            task_ended_type(status),
+            payload,
+            event_id=f"task.{task_id}.{status}" if task_id else None,
+            source=self._source,
+        )
+        await self._publish(f"{TASK_SUBJECT}.{status}", event)
+
+    async def publish_submission(self, spec: dict[str, Any], *, event_id: str | None = None) -> str:
+        """Put a full task spec on `cosyvoice.render.submit`, as an external producer
+        would; returns the event id (repeat it to make a retry a no-op)."""
+        event = encode_event(RENDER_SUBMIT, spec, event_id=event_id, source=self._source)
+        await self._publish(SUBMIT_SUBJECT, event)
+        return event.event_id
+
+    async def _publish(self, subject: str, event: OutgoingEvent) -> None:
+        headers = {**event.headers, MSG_ID_HEADER: event.event_id}
+        try:
+            await self._jetstream.publish(
+                subject, event.body, headers=headers, timeout=self._timeout
+            )
+        except nats.errors.Error as exc:
+            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+
+    # --- consuming -----------------------------------------------------------------
+
+    async def consume_renders(self, handler: RenderHandler, concurrency: int) -> None:
+        subscriptions = [
+            await self._bind(f"render-{priority.value}", render_subject(priority))
+            for priority in PRIORITY_ORDER
+        ]
+        await self._serve(subscriptions, partial(self._render, handler), concurrency)
+
+    async def consume_submissions(
+        self, handler: SubmissionHandler, *, concurrency: int = 1
+    ) -> None:
+        """Run `handler(ce_id, task_spec)` for each event on `cosyvoice.render.submit`
+        until cancelled; the message is acked once the handler returns."""
+        subscription = await self._bind("render-submit", SUBMIT_SUBJECT)
+        await self._serve([subscription], partial(self._submission, handler), concurrency)
+
+    async def subscribe_task_ended(
+        self, handler: TaskEndedHandler, *, name: str = "task-ended", concurrency: int = 4
+    ) -> None:
+        """Call `handler(payload)` for every task that ends, in the background.
+
+        Subscribers with the same `name` (replicas of one service) share one durable
+        consumer, so each event is handled once among them.
+        """
+        if not _TOKEN.match(name):
+            raise InvalidInput(f"invalid subscriber name: {name!r}")
+        subscription = await self._bind(name, f"{TASK_SUBJECT}.>")
+        loop = asyncio.create_task(
+            self._serve([subscription], partial(self._task_ended, handler), concurrency),
+            name=f"nats-{name}",
+        )
+        self._loops.add(loop)
+        loop.add_done_callback(self._loops.discard)
+
+    async def _bind(self, durable: str, subject: str) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=subject,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            # One delivery beyond the limit, to notice a worker that died on the last one.
+            max_deliver=self._max_deliver + 1,
+        )
+        js = self._jetstream
+        try:
+            await js.add_consumer(STREAM, config)  # creates, or updates in place
+            return await js.pull_subscribe_bind(durable=durable, stream=STREAM)
+        except nats.errors.Error as exc:
+            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+
+    async def _serve(
+        self,
+        subscriptions: Sequence[JetStreamContext.PullSubscription],
+        process: Callable[[Msg], Awaitable[None]],
+        concurrency: int,
+    ) -> None:
+        """Feed `process` one message at a time, at most `concurrency` at once, until
+        cancelled or the bus closes."""
+        dispatcher = asyncio.create_task(self._dispatch(subscriptions, process, concurrency))
+        self._loops.add(dispatcher)
+        try:
+            await dispatcher
+        except asyncio.CancelledError:
+            if not self._closing or not dispatcher.cancelled():
+                raise
+        finally:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+            self._loops.discard(dispatcher)
+
+    async def _dispatch(
+        self,
+        subscriptions: Sequence[JetStreamContext.PullSubscription],
+        process: Callable[[Msg], Awaitable[None]],
+        concurrency: int,
+    ) -> None:
+        slots = asyncio.Semaphore(max(concurrency, 1))
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            slots.release()
+            if not task.cancelled() and task.exception() is not None:
+                log.error("message handling crashed", exc_info=task.exception())
+
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    msg = await self._next_message(subscriptions)
+                except BaseException:
+                    slots.release()
+                    raise
+                task = asyncio.create_task(process(msg))
+                running.add(task)
+                task.add_done_callback(finished)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _next_message(
+        self, subscriptions: Sequence[JetStreamContext.PullSubscription]
+    ) -> Msg:
+        """The next message of the first subscription that has one (highest first)."""
+        timeout = self._poll_interval if len(subscriptions) > 1 else _IDLE_FETCH_TIMEOUT
+        while True:
+            for subscription in subscriptions:
+                try:
+                    (msg,) = await subscription.fetch(1, timeout=timeout)
+                    return msg
+                except nats.errors.TimeoutError:
+                    continue
+                except nats.errors.Error as exc:  # reconnecting, JetStream not ready yet
+                    log.debug("waiting for the event bus: %r", exc)
+                    await asyncio.sleep(_OUTAGE_PAUSE)
+                    break
+
+    # --- message handling ----------------------------------------------------------
+
+    async def _render(self, handler: RenderHandler, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.headers, msg.data)
+            request = RenderRequest(
+                task_id=str(event.data["task_id"]),
+                priority=Priority(event.data.get("priority", Priority.normal.value)),
+            )
+        except (InvalidInput, KeyError, ValueError) as exc:
+            await self._dead_letter(msg, f"malformed render request: {exc}", None)
+            return
+        await self._deliver(msg, partial(handler, request), request.task_id)
+
+    async def _submission(self, handler: SubmissionHandler, msg: Msg) -> None:
+        event = await self._decoded(msg)
+        if event is not None:
+            await self._deliver(msg, partial(handler, event.event_id, event.data), None)
+
+    async def _task_ended(self, handler: TaskEndedHandler, msg: Msg) -> None:
+        event = await self._decoded(msg)
+        if event is not None:
+            await self._deliver(msg, partial(handler, event.data), None)
+
+    async def _decoded(self, msg: Msg) -> IncomingEvent | None:
+        try:
+            return decode_event(msg.headers, msg.data)
+        except InvalidInput as exc:
+            await self._dead_letter(msg, exc.detail, None)
+            return None
+
+    async def _deliver(
+        self, msg: Msg, work: Callable[[], Awaitable[None]], task_id: str | None
+    ) -> None:
+        deliveries = msg.metadata.num_delivered
+        if deliveries > self._max_deliver:
+            reason = f"no result after {deliveries - 1} deliveries (worker lost)"
+            await self._dead_letter(msg, reason, task_id)
+            return
+        try:
+            async with self._heartbeats(msg):
+                await work()
+        except asyncio.CancelledError:
+            raise  # not acked: JetStream redelivers it after the ack wait
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if deliveries >= self._max_deliver:
+                await self._dead_letter(msg, reason, task_id)
+                return
+            delay = min(self._retry_delay * 2 ** (deliveries - 1), _MAX_RETRY_DELAY)
+            log.warning(
+                "handling %s failed (delivery %d): %s; retry in %.1fs",
+                msg.subject,
+                deliveries,
+                reason,
+                delay,
+            )
+            await _settle(msg.nak(delay=delay))
+        else:
+            await _settle(msg.ack())
+
+    @contextlib.asynccontextmanager
+    async def _heartbeats(self, msg: Msg) -> AsyncIterator[None]:
+        """Tell JetStream a long handler is alive, so the message is not redelivered."""
+
+        async def beat() -> None:
+            interval = max(self._ack_wait / 3, 0.2)
+            while True:
+                await asyncio.sleep(interval)
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+
+        beating = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+
+    async def _dead_letter(self, msg: Msg, reason: str, task_id: str | None) -> None:
+        """Copy the message to the DLQ, report the task, then stop its redeliveries.
+
+        Each step may be repeated safely: a failure leaves the message unsettled, it is
+        delivered again, and the DLQ copy is de-duplicated by its id.
+        """
+        meta = msg.metadata
+        log.error("dead-lettering %s (task %s): %s", msg.subject, task_id, reason)
+        headers = dict(msg.headers or {})
+        headers[MSG_ID_HEADER] = f"dlq.{meta.stream}.{meta.sequence.stream}"
+        headers[DLQ_REASON_HEADER] = " ".join(reason.split())[:500]
+        headers[DLQ_DELIVERIES_HEADER] = str(meta.num_delivered)
+        try:
+            await self._jetstream.publish(
+                f"{DLQ_SUBJECT}.{msg.subject}", msg.data, headers=headers, timeout=self._timeout
+            )
+        except nats.errors.Error as exc:
+            log.warning("could not dead-letter %s yet: %r", msg.subject, exc)
+            await _settle(msg.nak(delay=self._retry_delay))
+            return
+        if task_id is not None and self._on_dead_letter is not None:
+            try:
+                await self._on_dead_letter(task_id, reason)
+            except Exception:
+                log.exception("dead-letter callback failed for task %s", task_id)
+                await _settle(msg.nak(delay=self._retry_delay))
+                return
+        await _settle(msg.term())
+
+
+async def _settle(reply: Awaitable[None]) -> None:
+    """Ack/nak/term are best effort: if one is lost, JetStream redelivers the message."""
+    try:
+        await reply
+    except nats.errors.Error as exc:
+        log.warning("could not settle a message: %r", exc)
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("event bus connection error: %r", exc)
+
+
+async def _log_disconnected() -> None:
+    log.warning("event bus disconnected; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("event bus reconnected")

