@@ -128,7 +128,8 @@ class EngineRunner:
 
         self.queued += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), deadline - loop.time())
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
         except TimeoutError:
             raise Busy(
                 f"no synthesis slot became free within {self._timeout:g} s; try again later"
@@ -173,11 +174,9 @@ class EngineRunner:
     async def _features(
         self, request: SynthesisRequest, clip_loader: ClipLoader, deadline: float
     ) -> tuple[Clip, Any]:
-        remaining = deadline - asyncio.get_running_loop().time()
         try:
-            return await asyncio.wait_for(
-                self._feature_cache.get(request.voice, clip_loader), remaining
-            )
+            async with asyncio.timeout_at(deadline):
+                return await self._feature_cache.get(request.voice, clip_loader)
         except TimeoutError:
             raise SynthesisFailed(
                 f"preparing the voice took longer than the {self._timeout:g} s deadline"
@@ -194,9 +193,10 @@ class EngineRunner:
         try:
             while True:
                 try:
-                    kind, payload = await asyncio.wait_for(
-                        call.inbox.get(), max(deadline - loop.time(), 0.0)
-                    )
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                    # a cancellation that arrives together with a chunk.
+                    async with asyncio.timeout_at(deadline):
+                        kind, payload = await call.inbox.get()
                 except TimeoutError:
                     raise SynthesisFailed(
                         f"synthesis did not finish within the {self._timeout:g} s deadline"

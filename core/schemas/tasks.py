@@ -119,7 +119,7 @@ class RenderSubmission(BaseModel):
 
 
 class WebhookDelivery(BaseModel):
-    status: Literal["none", "pending", "delivered", "failed"] | str
+    status: str = Field(description="none, pending, delivered or failed.")
     attempts: int
     last_error: str | None = None
     delivered_at: UtcTime | None = None
@@ -299,6 +299,27 @@ class ScheduleTaskDeleted(BaseModel):
 AsyncStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 
+def async_status(status: TaskStatus) -> AsyncStatus:
+    """The original async routes call every waiting state `pending`."""
+    if status in (TaskStatus.registered, TaskStatus.scheduled, TaskStatus.pending):
+        return "pending"
+    return status.value  # type: ignore[return-value]
+
+
+def async_message(task: Task) -> str:
+    match task.status:
+        case TaskStatus.processing:
+            return f"Synthesizing ({task.progress:.0%})"
+        case TaskStatus.completed:
+            return "Synthesis completed"
+        case TaskStatus.failed:
+            return f"Synthesis failed: {task.error_message or 'unknown error'}"
+        case TaskStatus.cancelled:
+            return "Task was cancelled"
+        case _:
+            return "Task is waiting in the queue"
+
+
 class AsyncTaskCreated(BaseModel):
     success: bool = True
     task_id: str
@@ -320,6 +341,23 @@ class AsyncTaskStatus(BaseModel):
     error_message: str | None = None
     created_at: UtcTime
     completed_at: UtcTime | None = None
+
+    @classmethod
+    def of(cls, task: Task) -> AsyncTaskStatus:
+        done = task.status is TaskStatus.completed
+        return cls(
+            task_id=task.task_id,
+            status=async_status(task.status),
+            progress=round(task.progress, 4),
+            message=async_message(task),
+            audio_url=task.audio_url() if done else None,
+            file_path=task.file_path if done else None,
+            duration=task.duration,
+            synthesis_time=task.synthesis_time,
+            error_message=task.error_message,
+            created_at=task.created_at,
+            completed_at=task.completed_at,
+        )
 
 
 class AsyncTaskList(BaseModel):

@@ -504,4 +504,3 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise InvalidInput("metadata must be a JSON object") from None
     if size > METADATA_MAX_BYTES:
         raise InvalidInput(f"metadata is {size} bytes; at most {METADATA_MAX_BYTES} are kept")
-

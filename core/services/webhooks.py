@@ -145,9 +145,7 @@ class PinnedSender:
             pinned_url(target),
             content=body,
             headers={**headers, "Host": host_header(target)},
-            extensions=(
-                {"sni_hostname": target.host} if target.scheme == "https" else {}
-            ),
+            extensions=({"sni_hostname": target.host} if target.scheme == "https" else {}),
         )
         return await self._client.send(request)
 

@@ -358,4 +358,3 @@ class RenderWorker:
                 await self.recover_expired()
             except CosyVoiceError as exc:
                 log.warning("lease sweep failed: %s", exc.detail)
-

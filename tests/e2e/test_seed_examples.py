@@ -48,7 +48,8 @@ def test_python_example(server: ApiServer, tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_example(server: ApiServer, tmp_path: Path) -> None:
     text = seed_text()
-    block = text[text.index("# Health check") : text.index("# Download audio")]
+    start = text.rindex("# Health check")
+    block = text[start : text.index("# Download audio", start)]
     shutil.copy(TESTDATA / "cross_lingual_prompt.wav", tmp_path / "sample.wav")
     voice = f"seed_curl_{tmp_path.name[-6:]}"
     script = block.replace("http://localhost:8012", server.url).replace("my_voice", voice)
