@@ -1,69 +1,440 @@
-"""The one HTTP audio stream: chunked transfer of a single continuous file.
+"""The one streaming path: HTTP chunked, Server-Sent Events and WebSocket all end here.
 
-`stream=true` on the synchronous routes and the /streaming routes all end here. The
-first bytes leave with the engine's first chunk; when the client goes away the
-generator is closed, which closes the engine's iterator and stops the synthesis.
+`open_audio_stream` admits a stream (the per-server cap), starts the synthesis and
+hands out `AudioPiece`s: the engine's chunks cut into the quality's chunk duration. A
+piece leaves as soon as its audio exists: a chunk is cut into whole durations and its
+remainder goes out at once too, never held back waiting for the engine's next chunk.
+
+`audio_stream_response` (the /streaming routes and `stream=true` on the synchronous
+routes) sends one continuous file with chunked transfer encoding; `sse_stream_response`
+sends one event per piece, each a self-contained file; the WebSocket connection class
+does the same over its socket.
+
+Resource safety, in one place:
+- a client that goes away closes the stream, which cancels the engine call behind it;
+- nothing buffers without bound: a piece is made only when the previous one was handed
+  to the transport, whose writes wait while the client is slow, and the engine runner
+  stops producing when its small window is full;
+- the registry's cap answers 503 (`Busy`) beyond MAX_CONCURRENT_STREAMS.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from fastapi.responses import StreamingResponse
+import anyio
+import numpy as np
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from core.audio.stream import open_stream_encoder
+from core.audio.stream import open_stream_encoder, self_contained_chunk
 from core.domain import ApiVersion
-from core.ports import SynthesisRequest
-from core.services.synthesis import SynthesisService
+from core.errors import CosyVoiceError, InvalidInput, NotFound, SynthesisFailed, Unavailable
+from core.ports import AudioChunk, SynthesisRequest
+from core.schemas.streaming import (
+    QUALITY_PROFILES,
+    STREAM_FORMATS,
+    SseAudioChunk,
+    SseComplete,
+    SseError,
+    SseStart,
+    StreamQuality,
+    WsErrorCode,
+)
+from core.services.streams import StreamKind, StreamRegistry, StreamTicket
+from core.wiring import Runtime
 
-DEFAULT_CHUNK_BYTES = 1024
+from .sse import SSE_HEADERS, SSE_MEDIA_TYPE, SseEncoder
+
+log = logging.getLogger("router.streaming")
+
+DEFAULT_CHUNK_SECONDS = QUALITY_PROFILES[StreamQuality.medium].chunk_seconds
+_REGISTRY_KEY = "streams"
 
 
-def _split(data: bytes, size: int) -> AsyncIterator[bytes] | list[bytes]:
+def stream_registry(runtime: Runtime) -> StreamRegistry:
+    """The process's stream registry, created with the first stream."""
+    registry = runtime.extras.get(_REGISTRY_KEY)
+    if registry is None:
+        registry = StreamRegistry(runtime.settings.max_concurrent_streams)
+        runtime.extras[_REGISTRY_KEY] = registry
+    return registry
+
+
+def checked_stream_format(fmt: str) -> str:
+    name = str(fmt).strip().lower()
+    if name not in STREAM_FORMATS:
+        raise InvalidInput(
+            f"format {fmt!r} cannot be streamed; the formats that stream are "
+            + ", ".join(STREAM_FORMATS)
+        )
+    return name
+
+
+def error_code_for(exc: CosyVoiceError) -> WsErrorCode:
+    """The WebSocket/SSE error code of a platform error."""
+    if isinstance(exc, NotFound):
+        return WsErrorCode.VOICE_NOT_FOUND
+    if isinstance(exc, InvalidInput):
+        return WsErrorCode.INVALID_REQUEST
+    if isinstance(exc, Unavailable):
+        return WsErrorCode.BUSY
+    return WsErrorCode.SYNTHESIS_ERROR
+
+
+def to_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- the stream ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    index: int  # 1-based
+    samples: np.ndarray  # mono float32; empty only for a bare end marker
+    sample_rate: int
+    is_final: bool
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+class _Lookahead:
+    """Reads the engine's chunks one ahead of the consumer.
+
+    Knowing whether the chunk in hand is the last lets its last piece say `is_final`
+    without waiting: the read of the next chunk runs while this one is being sent.
+    """
+
+    def __init__(self, chunks: AsyncIterator[AudioChunk]) -> None:
+        self._chunks = chunks
+        self._ahead: asyncio.Task[AudioChunk | None] | None = None
+        self._closed = False
+
+    async def _read(self) -> AudioChunk | None:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+
+    async def next(self) -> AudioChunk | None:
+        if self._ahead is None:
+            self._ahead = asyncio.create_task(self._read())
+        # Cancelling the awaiting task cancels this read too, and with it the engine call.
+        chunk = await self._ahead
+        if chunk is not None:
+            self._ahead = asyncio.create_task(self._read())
+        return chunk
+
+    @property
+    def at_end(self) -> bool:
+        """True when the chunk last returned is known to be the last one."""
+        ahead = self._ahead
+        return (
+            ahead is not None
+            and ahead.done()
+            and not ahead.cancelled()
+            and ahead.exception() is None
+            and ahead.result() is None
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ahead = self._ahead
+        if ahead is not None and not ahead.done():
+            # The cancellation travels into the engine call and ends the generator.
+            ahead.cancel()
+            await asyncio.wait([ahead])
+        if ahead is not None and not ahead.cancelled():
+            ahead.exception()  # retrieved: a failure nobody waits for is not an error
+        await self._chunks.aclose()
+
+
+class AudioStream:
+    """One admitted synthesis, handed out as pieces of the quality's chunk duration."""
+
+    def __init__(
+        self,
+        ticket: StreamTicket,
+        chunks: AsyncIterator[AudioChunk],
+        sample_rate: int,
+        chunk_seconds: float,
+    ) -> None:
+        self.sample_rate = sample_rate
+        self._ticket = ticket
+        self._feed = _Lookahead(chunks)
+        self._piece_samples = max(1, round(sample_rate * chunk_seconds))
+        self._primed: AudioChunk | None = None
+        self._started = time.perf_counter()
+        self.pieces_sent = 0
+        self.samples_sent = 0
+        self.finished_at: float | None = None
+
+    @property
+    def audio_seconds(self) -> float:
+        return round(self.samples_sent / self.sample_rate, 3)
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished_at or time.perf_counter()
+        return round(end - self._started, 3)
+
+    async def prime(self) -> None:
+        """Wait for the first audio, so a failure before it can still be a status code."""
+        self._primed = await self._feed.next()
+        if self._primed is None:
+            raise SynthesisFailed("the engine produced no audio")
+
+    async def pieces(self) -> AsyncIterator[AudioPiece]:
+        final_sent = False
+        while True:
+            chunk, self._primed = self._primed, None
+            if chunk is None:
+                chunk = await self._feed.next()
+            if chunk is None:
+                break
+            samples = chunk.samples
+            for start in range(0, len(samples), self._piece_samples):
+                part = samples[start : start + self._piece_samples]
+                final = False
+                if start + self._piece_samples >= len(samples):
+                    await asyncio.sleep(0)  # one turn for the read ahead to see the end
+                    final = self._feed.at_end
+                final_sent = final
+                yield self._piece(part, final)
+        self.finished_at = time.perf_counter()
+        if not final_sent:
+            # The end became known only after the last audio left: say so without audio.
+            yield self._piece(np.zeros(0, dtype=np.float32), True)
+
+    def _piece(self, samples: np.ndarray, is_final: bool) -> AudioPiece:
+        if samples.size:
+            self._ticket.first_audio()
+        self.pieces_sent += 1
+        self.samples_sent += len(samples)
+        return AudioPiece(self.pieces_sent, samples, self.sample_rate, is_final)
+
+    async def aclose(self) -> None:
+        """Stop the synthesis (if still running) and give the stream's slot back."""
+        try:
+            await self._feed.aclose()
+        finally:
+            self._ticket.release()
+
+
+async def open_audio_stream(
+    runtime: Runtime,
+    version: ApiVersion,
+    request: SynthesisRequest,
+    kind: StreamKind,
+    *,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+) -> AudioStream:
+    """Admit a stream (Busy beyond the cap) and start its synthesis."""
+    ticket = stream_registry(runtime).acquire(kind)
+    try:
+        await runtime.synthesis.ensure_ready(version)
+        sample_rate = request.sample_rate or runtime.synthesis.sample_rate
+        chunks = runtime.synthesis.stream(version, request)
+    except BaseException:
+        ticket.release()
+        raise
+    return AudioStream(ticket, chunks, sample_rate, chunk_seconds)
+
+
+async def close_shielded(stream: AudioStream) -> None:
+    """Close a stream even from code that is being cancelled (a client went away)."""
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+class AudioStreamResponse(StreamingResponse):
+    """A StreamingResponse that always closes its stream, whatever ends the response.
+
+    Starlette cancels the body when the client disconnects, possibly before the body
+    ever started; closing here, after the response, covers every case.
+    """
+
+    def __init__(self, stream: AudioStream, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                close_body = getattr(self.body_iterator, "aclose", None)
+                if close_body is not None:
+                    await close_body()
+                await self.stream.aclose()
+
+
+def _split(data: bytes, size: int | None) -> list[bytes]:
+    if not data:
+        return []
+    if not size:
+        return [data]
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
+async def _file_body(
+    stream: AudioStream, fmt: str, chunk_bytes: int | None
+) -> AsyncIterator[bytes]:
+    encoder = open_stream_encoder(fmt, stream.sample_rate)
+    try:
+        pending = encoder.header()
+        async for piece in stream.pieces():
+            data = pending + encoder.encode(piece.samples) if piece.samples.size else pending
+            pending = b""
+            for part in _split(data, chunk_bytes):
+                yield part
+        for part in _split(pending + encoder.finish(), chunk_bytes):
+            yield part
+    except CosyVoiceError as exc:
+        # Headers are gone: the only honest signal left is a stream that does not end
+        # properly (no last chunk), never an error message inside the audio.
+        log.warning("stream failed after it started: %s", exc.detail)
+        raise
+    finally:
+        await close_shielded(stream)
+
+
 async def audio_stream_response(
-    synthesis: SynthesisService,
+    runtime: Runtime,
     version: ApiVersion,
     request: SynthesisRequest,
     fmt: str,
     *,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     chunk_bytes: int | None = None,
     headers: dict[str, str] | None = None,
-) -> StreamingResponse:
-    # Everything that can fail before audio exists (format, engine readiness) fails
-    # here, as a proper error status, instead of inside a 200 stream.
-    sample_rate = request.sample_rate or synthesis.sample_rate
-    encoder = open_stream_encoder(fmt, sample_rate)
-    await synthesis.ensure_ready(version)
+) -> AudioStreamResponse:
+    """Audio as one continuous file, chunked, leaving with the engine's first chunk.
 
-    async def body() -> AsyncIterator[bytes]:
-        chunks = synthesis.stream(version, request)
-        try:
-            header = encoder.header()
-            pending = header
-            async for chunk in chunks:
-                data = pending + encoder.encode(chunk.samples)
-                pending = b""
-                if chunk_bytes:
-                    for piece in _split(data, chunk_bytes):
-                        yield piece
-                elif data:
-                    yield data
-            tail = pending + encoder.finish()
-            if tail:
-                yield tail
-        finally:
-            await chunks.aclose()
-
-    return StreamingResponse(
-        body(),
-        media_type=encoder.content_type,
+    Everything that can fail before audio exists (format, cap, engine readiness, the
+    engine failing before its first chunk) fails here, as a proper status code.
+    """
+    fmt = checked_stream_format(fmt)
+    sample_rate = request.sample_rate or runtime.synthesis.sample_rate
+    content_type = open_stream_encoder(fmt, sample_rate).content_type
+    if fmt == "pcm":
+        content_type = f"{content_type};rate={sample_rate};channels=1"
+    stream = await open_audio_stream(
+        runtime, version, request, StreamKind.http, chunk_seconds=chunk_seconds
+    )
+    try:
+        await stream.prime()
+    except BaseException:
+        await close_shielded(stream)
+        raise
+    return AudioStreamResponse(
+        stream,
+        _file_body(stream, fmt, chunk_bytes),
+        media_type=content_type,
         headers={
             "X-Sample-Rate": str(sample_rate),
+            "X-Channels": "1",
             "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",
             **(headers or {}),
         },
+    )
+
+
+# --- Server-Sent Events ----------------------------------------------------------------
+
+
+async def _sse_body(
+    stream: AudioStream, fmt: str, version: ApiVersion, request_id: str
+) -> AsyncIterator[bytes]:
+    events = SseEncoder()
+    total_bytes = 0
+    try:
+        yield events.event(
+            "start",
+            SseStart(
+                version=version.value,
+                sample_rate=stream.sample_rate,
+                format=fmt,
+                request_id=request_id,
+            ),
+        )
+        async for piece in stream.pieces():
+            audio = self_contained_chunk(piece.samples, piece.sample_rate, fmt)
+            total_bytes += len(audio)
+            yield events.event(
+                "audio_chunk",
+                SseAudioChunk(
+                    chunk_index=piece.index,
+                    chunk_size=len(audio),
+                    total_bytes=total_bytes,
+                    audio_data=to_base64(audio),
+                    is_final=piece.is_final,
+                    sample_rate=piece.sample_rate,
+                    duration=round(piece.duration, 4),
+                    version=version.value,
+                ),
+            )
+        yield events.event(
+            "complete",
+            SseComplete(
+                total_chunks=stream.pieces_sent,
+                total_bytes=total_bytes,
+                duration=stream.audio_seconds,
+                synthesis_time=stream.elapsed,
+                version=version.value,
+            ),
+        )
+    except CosyVoiceError as exc:
+        log.info("SSE stream ended with an error: %s", exc.detail)
+        yield events.event(
+            "error",
+            SseError(error=exc.detail, error_code=error_code_for(exc), version=version.value),
+        )
+    except Exception:
+        log.exception("SSE stream failed")
+        yield events.event(
+            "error",
+            SseError(
+                error="Internal error during synthesis",
+                error_code=WsErrorCode.SYNTHESIS_ERROR,
+                version=version.value,
+            ),
+        )
+    finally:
+        await close_shielded(stream)
+
+
+async def sse_stream_response(
+    runtime: Runtime,
+    version: ApiVersion,
+    request: SynthesisRequest,
+    fmt: str,
+    *,
+    request_id: str,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+) -> AudioStreamResponse:
+    """Events `start`, `audio_chunk`..., `complete`; after `start`, failures are `error`."""
+    fmt = checked_stream_format(fmt)
+    stream = await open_audio_stream(
+        runtime, version, request, StreamKind.sse, chunk_seconds=chunk_seconds
+    )
+    return AudioStreamResponse(
+        stream,
+        _sse_body(stream, fmt, version, request_id),
+        media_type=SSE_MEDIA_TYPE,
+        headers=SSE_HEADERS,
     )

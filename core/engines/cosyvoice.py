@@ -631,10 +631,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _import_torch() -> Any:
-    if "torch" not in sys.modules and not torch_installed():
+    try:
+        import torch
+    except ImportError:
         return None
-    import torch
-
     return torch
 
 

@@ -98,10 +98,10 @@ def address_class(ip: IPAddress) -> str | None:
         return "link-local"
     if ip.is_multicast:
         return "multicast"
-    if ip.is_private:
-        return "private"
     if ip.is_reserved:
         return "reserved"
+    if ip.is_private:
+        return "private"
     if not ip.is_global:
         # Shared address space (100.64/10), benchmarking and other special-purpose
         # ranges: not reachable on the public internet, so not a webhook consumer.

@@ -46,7 +46,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "enabled": True,
                 "className": "nginx",
                 "tls": [{"hosts": ["tts.example.com"], "secretName": "tts-tls"}],
-                "hosts": [{"host": "tts.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                "hosts": [
+                    {"host": "tts.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
+                ],
             },
             "nodeSelector": {"kubernetes.io/arch": "amd64"},
         },
@@ -58,7 +60,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "deploymentMode": "Serverless",
             "models": {"cosyvoice2": {"enabled": True}},
             "nodeSelector": {"nvidia.com/gpu.present": "true"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
             "runtimeClassName": "nvidia",
             "extraEnv": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
         },
@@ -164,7 +168,8 @@ def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
                 properties.setdefault("apiVersion", {"type": "string"})
                 properties.setdefault("kind", {"type": "string"})
                 properties.setdefault("metadata", {"type": "object"})
-                validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+                api_version = f"{group}/{version['name']}"
+                validators[(api_version, kind)] = jsonschema.Draft7Validator(schema)
     return validators
 
 
@@ -176,7 +181,7 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
 
 
 def _pod_template_problems(template: dict[str, Any]) -> list[str]:
-    """A ContainerSource template is a free-form object in its CRD: check it as a core PodTemplate."""
+    """Check a ContainerSource template, free-form in its CRD, as a core PodTemplate."""
     wrapper = {
         "apiVersion": "v1",
         "kind": "PodTemplate",
@@ -188,6 +193,17 @@ def _pod_template_problems(template: dict[str, Any]) -> list[str]:
     except kubernetes_validate.ValidationError as error:
         return [f"spec.template: {error.message}"]
     return []
+
+
+def _metadata_problems(manifest: Manifest) -> list[str]:
+    """CRD schemas leave metadata open; the API server still wants string labels."""
+    metadata = manifest.get("metadata", {})
+    problems = [] if metadata.get("name") else ["metadata.name is missing"]
+    for field in ("labels", "annotations"):
+        for key, value in (metadata.get(field) or {}).items():
+            if not isinstance(value, str):
+                problems.append(f"metadata.{field}.{key}: {value!r} is not a string")
+    return problems
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +219,7 @@ def validate(crd_validators: dict[tuple[str, str], jsonschema.Draft7Validator]) 
                 f"{'.'.join(str(p) for p in error.absolute_path)}: {error.message}"
                 for error in crd_validators[key].iter_errors(manifest)
             ]
+            found += _metadata_problems(manifest)
             if manifest["kind"] == "ContainerSource":
                 found += _pod_template_problems(manifest["spec"]["template"])
             return found

@@ -308,7 +308,9 @@ async def test_list_count_and_average(metadata_store: MetadataStore) -> None:
     tasks = [
         make_task("t1", minute=1, kind=scheduled, status=done, synthesis_time=1.0),
         make_task("t2", minute=2, kind=scheduled, status=done, synthesis_time=3.0),
-        make_task("t3", minute=3, kind=scheduled, status=TaskStatus.pending, priority=Priority.high),
+        make_task(
+            "t3", minute=3, kind=scheduled, status=TaskStatus.pending, priority=Priority.high
+        ),
         make_task("t4", minute=4, kind=scheduled, status=TaskStatus.failed),
         make_task("b1", minute=5, kind=TaskKind.task, status=done, synthesis_time=10.0),
     ]
@@ -357,12 +359,7 @@ async def test_database_outage_fails_fast_and_recovers(mongo_server: MongoServer
         await store.create_voice(make_voice("before"))
         mongo_server.stop()
         try:
-            calls = (
-                lambda: store.get_voice("before"),
-                store.ping,
-                lambda: store.create_task(make_task()),
-            )
-            for call in calls:
+            for call in (lambda: store.get_voice("before"), lambda: store.create_task(make_task())):
                 started = time.monotonic()
                 with pytest.raises(BackendUnavailable, match="database unavailable"):
                     await call()
