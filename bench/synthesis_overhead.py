@@ -18,7 +18,10 @@ from pathlib import Path
 
 import httpx
 
-TEXT = "The quick brown fox jumps over the lazy dog. A serving platform should add very little to its engine"
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. "
+    "A serving platform should add very little to its engine"
+)
 assert len(TEXT) == 100
 
 
@@ -86,13 +89,15 @@ def main() -> None:
     print(f"{'path':<26}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for name, values in rows:
         print(
-            f"{name:<26}{percentile(values, 0.5) * 1e3:>10.2f}{percentile(values, 0.95) * 1e3:>10.2f}"
+            f"{name:<26}{percentile(values, 0.5) * 1e3:>10.2f}"
+            f"{percentile(values, 0.95) * 1e3:>10.2f}"
             f"{statistics.fmean(values) * 1e3:>10.2f}"
         )
     outside = (percentile(api, 0.5) - percentile(engine, 0.5)) * 1e3
     ratio = percentile(api, 0.5) / percentile(engine, 0.5)
     print(
-        f"\noutside the engine at p50: {outside:.2f} ms (target <= 10 ms); API/engine = {ratio:.2f}x"
+        f"\noutside the engine at p50: {outside:.2f} ms (target <= 10 ms); "
+        f"API/engine = {ratio:.2f}x"
     )
 
 

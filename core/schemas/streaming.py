@@ -251,6 +251,7 @@ class StreamingHealth(BaseModel):
         description="Median time to first audio of recent streams (null before any)."
     )
     active_streams: int = Field(description="Streams in flight on this server, every version.")
+    streams_by_protocol: dict[str, int] = Field(description="active_streams by http/sse/websocket.")
     max_concurrent_streams: int
     active_websocket_sessions: int = Field(description="Open WebSocket sessions on this server.")
     timestamp: float = Field(default_factory=now_timestamp)

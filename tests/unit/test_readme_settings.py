@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.conftest import REPO_ROOT
-
 from core.settings import Settings
+from tests.conftest import REPO_ROOT
 
 
 def test_every_setting_is_in_the_readme() -> None:
