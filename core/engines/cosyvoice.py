@@ -24,8 +24,13 @@ upstream API (see UPSTREAM.md in the project's specification) is handled here:
   admits the call, so the first chunk of every stream stays short;
 - upstream ignores `speed` when streaming, so a call with speed != 1 runs without
   upstream streaming (one chunk per sentence) and upstream applies the speed exactly;
+- an error in upstream's background LLM thread is lost upstream (and a stream then
+  waits forever): the LLM job is wrapped so the error fails the call that started it;
 - a call closed early leaves per-request entries in the model: they are swept once no
   call is running and their LLM thread has finished.
+
+The runner puts the deadline on every call; this engine stops as soon as the generator
+it returned is closed (an LLM thread already running finishes its sentence on its own).
 """
 
 from __future__ import annotations
@@ -238,6 +243,7 @@ class CosyVoiceEngine:
         self._call_lock = threading.Lock()
         self._active_calls = 0
         self._call_numbers = itertools.count(1)
+        self._llm_failures: dict[str, BaseException] = {}
 
     @property
     def family(self) -> Family:
@@ -310,6 +316,7 @@ class CosyVoiceEngine:
         self._sample_rate = int(model.sample_rate)
         self._pretrained = tuple(str(name) for name in model.frontend.spk2info)
         self._prompt_files = _PromptFiles()
+        _surface_llm_failures(model, self._llm_failures)
         self._model = model
         logger.info("%s loaded from %s", self._spec.model_name, self._model_dir)
 
@@ -480,6 +487,7 @@ class CosyVoiceEngine:
                 self._active_calls -= 1
                 if self._active_calls == 0:
                     _sweep_abandoned_sessions(model)
+                    self._llm_failures.clear()
 
     # --- prompt strings ----------------------------------------------------------------
 
@@ -590,6 +598,43 @@ def _checked(prompt: str) -> str:
     if prompt.count(END_OF_PROMPT) != 1:
         raise InvalidInput(f"a prompt must contain {END_OF_PROMPT} exactly once")
     return prompt
+
+
+def _surface_llm_failures(model: Any, failures: dict[str, BaseException]) -> None:
+    """Make an error of upstream's background LLM thread fail the call that started it.
+
+    Upstream runs the LLM in a thread of its own; when it raises, the error is lost and
+    the caller waits for tokens that never come (forever, when streaming). Wrapped here:
+    the LLM job records its error and marks its session ended, which releases the wait,
+    and the vocoder step that follows raises the recorded error in the caller's thread.
+    """
+    inner = getattr(model, "model", None)
+    llm_job = getattr(inner, "llm_job", None)
+    token2wav = getattr(inner, "token2wav", None)
+    ended = getattr(inner, "llm_end_dict", None)
+    if not (callable(llm_job) and callable(token2wav) and isinstance(ended, dict)):
+        logger.warning("unknown upstream model layout: LLM thread errors stay silent")
+        return
+
+    def guarded_llm_job(*args: Any, **kwargs: Any) -> Any:
+        session = kwargs.get("uuid", args[-1] if args else None)
+        try:
+            return llm_job(*args, **kwargs)
+        except BaseException as exc:
+            logger.error("CosyVoice LLM thread failed: %s: %s", type(exc).__name__, exc)
+            failures[str(session)] = exc
+            ended[session] = True
+            return None
+
+    def guarded_token2wav(*args: Any, **kwargs: Any) -> Any:
+        session = kwargs.get("uuid", kwargs.get("uid"))
+        failure = failures.pop(str(session), None)
+        if failure is not None:
+            raise RuntimeError(f"the LLM stage failed: {type(failure).__name__}: {failure}")
+        return token2wav(*args, **kwargs)
+
+    inner.llm_job = guarded_llm_job
+    inner.token2wav = guarded_token2wav
 
 
 def _reset_stream_hop(model: Any) -> None:

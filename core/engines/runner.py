@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ class EngineRunner:
         timeout: float,
         feature_cache: FeatureCache,
         buffered_chunks: int = 4,
+        stop_grace: float = 30.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -63,9 +65,10 @@ class EngineRunner:
         self._timeout = timeout
         self._feature_cache = feature_cache
         self._buffered_chunks = max(buffered_chunks, 1)
+        self._stop_grace = stop_grace
         self._slots = _FifoSlots(concurrency)
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="engine")
-        self._cancel_flags: set[threading.Event] = set()
+        self._calls: set[_Call] = set()
+        self._numbers = itertools.count(1)
         self.concurrency = concurrency
         self.ready = False
         self.load_error: str | None = None
@@ -74,6 +77,7 @@ class EngineRunner:
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
+        self.stuck = 0  # engine threads that ignored a stop request (see `_abandon`)
         self.first_chunk_seconds: float | None = None
 
     @property
@@ -106,11 +110,12 @@ class EngineRunner:
             logger.error("engine not ready: %s", self.load_error)
 
     async def close(self) -> None:
-        """Stop every running call and let the worker threads finish their chunk."""
+        """Stop every running call and give the engine threads time to finish a chunk."""
         self.ready = False
-        for flag in list(self._cancel_flags):
-            flag.set()
-        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        calls = list(self._calls)
+        for call in calls:
+            call.cancel.set()
+        await asyncio.to_thread(_wait_all, calls, self._stop_grace)
 
     def synthesize(
         self, request: SynthesisRequest, clip_loader: ClipLoader
@@ -138,22 +143,21 @@ class EngineRunner:
             self.queued -= 1
 
         self.active += 1
-        call: _Call | None = None
         try:
             clip, features = await self._features(request, clip_loader, deadline)
-            engine_request = _engine_request(request, clip, features)
-            call = _Call(loop, self._buffered_chunks)
-            self._cancel_flags.add(call.cancel)
-            future = self._pool.submit(call.produce, self._engine.synthesize, engine_request)
         except BaseException:
-            if call is not None:
-                self._cancel_flags.discard(call.cancel)
             self._free_slot()
             self.failed += 1
             raise
-        # From here on the worker thread owns the slot: it is freed when the thread has
-        # closed the engine's generator, not when the consumer leaves.
-        future.add_done_callback(lambda _: _call_soon(loop, self._release, call))
+        # From here on the engine thread owns the slot: it is given back when the thread
+        # has closed the engine's generator, not when the consumer leaves.
+        call = _Call(loop, self._buffered_chunks, next(self._numbers))
+        self._calls.add(call)
+        call.start(
+            self._engine.synthesize,
+            _engine_request(request, clip, features),
+            lambda: _call_soon(loop, self._return_slot, call),
+        )
         try:
             async with contextlib.aclosing(
                 self._consume(call, request, deadline, started)
@@ -170,6 +174,8 @@ class EngineRunner:
             self.completed += 1
         finally:
             call.cancel.set()
+            if not call.finished.is_set():
+                call.watchdog = loop.call_later(self._stop_grace, self._abandon, call)
 
     async def _features(
         self, request: SynthesisRequest, clip_loader: ClipLoader, deadline: float
@@ -225,8 +231,32 @@ class EngineRunner:
             seconds if previous is None else previous + _LATENCY_SMOOTHING * (seconds - previous)
         )
 
-    def _release(self, call: _Call) -> None:
-        self._cancel_flags.discard(call.cancel)
+    def _return_slot(self, call: _Call) -> None:
+        """The engine thread has ended."""
+        self._calls.discard(call)
+        if call.watchdog is not None:
+            call.watchdog.cancel()
+        if call.abandoned:
+            self.stuck -= 1  # its slot was given back already
+            return
+        self._free_slot()
+
+    def _abandon(self, call: _Call) -> None:
+        """An engine thread still running long after it was told to stop.
+
+        Upstream CosyVoice can wait forever for an LLM thread that died. Such a thread
+        cannot be killed; its slot is given back so the service keeps serving, and
+        `stuck` counts it so health reporting can ask for a restart.
+        """
+        if call.finished.is_set() or call.abandoned:
+            return
+        call.abandoned = True
+        self.stuck += 1
+        logger.error(
+            "engine call %d did not stop %g s after it was cancelled; giving its slot back",
+            call.number,
+            self._stop_grace,
+        )
         self._free_slot()
 
     def _free_slot(self) -> None:
@@ -237,11 +267,44 @@ class EngineRunner:
 class _Call:
     """The two ends of one synthesis: the engine thread and the event-loop consumer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, window: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: int, number: int) -> None:
         self._loop = loop
+        self.number = number
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.credits = threading.Semaphore(window)
         self.cancel = threading.Event()
+        self.finished = threading.Event()
+        self.abandoned = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(
+        self,
+        synthesize: Callable[[EngineRequest], Iterator[np.ndarray]],
+        request: EngineRequest,
+        on_exit: Callable[[], None],
+    ) -> None:
+        # A thread per call rather than a pool: a call stuck inside upstream code must
+        # not hold a pool worker that later calls would queue behind.
+        self.thread = threading.Thread(
+            target=self._main,
+            args=(synthesize, request, on_exit),
+            name=f"engine-call-{self.number}",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def _main(
+        self,
+        synthesize: Callable[[EngineRequest], Iterator[np.ndarray]],
+        request: EngineRequest,
+        on_exit: Callable[[], None],
+    ) -> None:
+        try:
+            self.produce(synthesize, request)
+        finally:
+            self.finished.set()
+            on_exit()
 
     def produce(
         self,
@@ -359,6 +422,12 @@ def _as_synthesis_error(exc: BaseException) -> CosyVoiceError:
     error = SynthesisFailed(f"synthesis failed: {message}")
     error.__cause__ = exc
     return error
+
+
+def _wait_all(calls: list[_Call], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for call in calls:
+        call.finished.wait(max(deadline - time.monotonic(), 0.0))
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:

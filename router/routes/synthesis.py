@@ -66,7 +66,7 @@ def build_router(version: ApiVersion) -> APIRouter:
         stream: bool,
     ) -> SynthesisResponse | StreamingResponse:
         if stream:
-            return await audio_stream_response(runtime.synthesis, version, request, fmt.value)
+            return await audio_stream_response(runtime, version, request, fmt.value)
         result = await runtime.synthesis.render_to_file(
             version, request, fmt, output_filename(version, mode, fmt)
         )

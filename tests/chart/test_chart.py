@@ -69,7 +69,9 @@ def pod_specs(manifest: Manifest) -> Iterator[dict[str, Any]]:
         yield manifest["spec"]["predictor"]
 
 
-def containers(objects: list[Manifest]) -> Iterator[tuple[Manifest, dict[str, Any], dict]]:
+def containers(
+    objects: list[Manifest],
+) -> Iterator[tuple[Manifest, dict[str, Any], dict[str, Any]]]:
     for manifest in objects:
         for spec in pod_specs(manifest):
             for container in spec["containers"]:

@@ -146,6 +146,31 @@ async def test_queued_work_survives_a_restart_of_the_bus(
     assert renders.calls == ["before-restart"]
 
 
+async def test_renders_run_concurrently_up_to_the_limit(
+    make_bus: BusFactory, metadata_store: MetadataStore
+) -> None:
+    bus = await make_bus()
+    await bus.ping()
+    for name in ("a", "b", "c"):
+        await publish(bus, await queued(metadata_store, name))
+    running: set[str] = set()
+    most_at_once = 0
+    done: list[str] = []
+
+    async def render(request: RenderRequest) -> None:
+        nonlocal most_at_once
+        running.add(request.task_id)
+        most_at_once = max(most_at_once, len(running))
+        await asyncio.sleep(0.3)
+        running.discard(request.task_id)
+        done.append(request.task_id)
+
+    async with consuming(bus, render, concurrency=2):
+        await eventually(lambda: len(done) == 3)
+
+    assert most_at_once == 2
+
+
 async def test_task_ended_events_reach_subscribers(make_bus: BusFactory) -> None:
     bus = await make_bus()
     received: list[dict[str, Any]] = []
@@ -197,9 +222,7 @@ async def test_dead_letters_land_on_the_dlq_subject(
     async with consuming(bus, Renders(failures=100)):
         await eventually(lambda: len(dead.calls) == 1)
 
-    message = await stream_message(
-        nats_server, "cosyvoice.dlq.cosyvoice.render.requested.high"
-    )
+    message = await stream_message(nats_server, "cosyvoice.dlq.cosyvoice.render.requested.high")
     assert message is not None
     assert message.headers is not None
     assert message.headers["ce-type"] == "ai.cosyvoice.render.requested.v1"
@@ -248,7 +271,7 @@ async def test_consuming_continues_after_the_server_restarts(
                     raise
                 await asyncio.sleep(0.2)
 
-        await eventually(lambda: renders.calls == ["before", "after"], timeout=15)
+        await eventually(lambda: renders.calls == ["before", "after"], within=15)
 
 
 @pytest.mark.cluster
@@ -276,3 +299,23 @@ async def test_submissions_with_a_repeated_event_id_arrive_once(make_bus: BusFac
             await worker
 
     assert received == [("producer-42", spec), (other, {"text": "Bye", "voice_id": "voice_1"})]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("profile", ["cluster"], indirect=True)
+async def test_a_render_longer_than_the_ack_wait_is_not_handed_out_again(
+    make_bus: BusFactory, metadata_store: MetadataStore
+) -> None:
+    bus = await make_bus()  # ack wait: 2 s
+    await publish(bus, await queued(metadata_store, "long"))
+    renders = Renders()
+
+    async def slow_render(request: RenderRequest) -> None:
+        await renders(request)
+        await asyncio.sleep(3.0)  # heartbeats keep the message ours meanwhile
+
+    async with consuming(bus, slow_render, concurrency=2):
+        await eventually(lambda: renders.calls == ["long"])
+        await asyncio.sleep(3.5)
+
+    assert renders.calls == ["long"]

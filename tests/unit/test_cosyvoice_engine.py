@@ -69,7 +69,10 @@ def load(upstream_sandbox: None, tmp_path: Path) -> Any:
     def loader(family: str = "cosyvoice3", **options: Any) -> tuple[CosyVoiceEngine, Any]:
         model_dir = options.pop("model_dir", None) or make_model_dir(tmp_path, family)
         engine = CosyVoiceEngine(
-            model_dir, cosyvoice_home=STANDIN, family=family, **options  # type: ignore[arg-type]
+            model_dir,
+            cosyvoice_home=STANDIN,
+            family=family,
+            **options,  # type: ignore[arg-type]
         )
         engine.load()
         return engine, sys.modules["cosyvoice.cli.cosyvoice"].INSTANCES[-1]
@@ -172,9 +175,7 @@ def test_availability_names_what_is_missing(
     model_dir = make_model_dir(tmp_path)
     assert cosyvoice_available(model_dir, STANDIN) is None
     assert "no CosyVoice checkout" in str(cosyvoice_available(model_dir, tmp_path))
-    assert "no cosyvoice3.yaml" in str(
-        cosyvoice_available(tmp_path, STANDIN, family="cosyvoice3")
-    )
+    assert "no cosyvoice3.yaml" in str(cosyvoice_available(tmp_path, STANDIN, family="cosyvoice3"))
     (model_dir / "llm.pt").unlink()
     assert "llm.pt" in str(cosyvoice_available(model_dir, STANDIN))
     monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: False)
@@ -239,7 +240,10 @@ def test_instruct_v3_passes_the_clip_and_a_trained_instruction(load: Any, clip: 
     engine, model = load()
     features = engine.extract_features(clip, MANDARIN_TRANSCRIPT)
     request = engine_request(
-        clip, features, text="今天天气很好。", mode=SynthesisMode.instruct,
+        clip,
+        features,
+        text="今天天气很好。",
+        mode=SynthesisMode.instruct,
         instruct_text="Use Cantonese dialect",
     )
     speak(engine, request)
@@ -255,7 +259,9 @@ def test_instruct_v3_passes_the_clip_and_a_trained_instruction(load: Any, clip: 
 def test_instructions_already_in_upstream_format_are_not_doubled(load: Any, clip: Clip) -> None:
     engine, model = load()
     request = engine_request(
-        clip, None, mode=SynthesisMode.instruct,
+        clip,
+        None,
+        mode=SynthesisMode.instruct,
         instruct_text=f"{SYSTEM_PROMPT} 请用四川话表达。{END_OF_PROMPT}",
     )
     speak(engine, request)
@@ -389,7 +395,9 @@ async def test_through_the_runner_a_voice_is_extracted_once_per_model(
     engine, model = load()
     blobs = MemoryBlobs()
     prompt = VoicePrompt(
-        sha256=sha256_hex(mandarin_clip), voice_id="mandarin", sample_key="voices/x/sample.wav",
+        sha256=sha256_hex(mandarin_clip),
+        voice_id="mandarin",
+        sample_key="voices/x/sample.wav",
         prompt_text=MANDARIN_TRANSCRIPT,
     )
 
@@ -398,13 +406,17 @@ async def test_through_the_runner_a_voice_is_extracted_once_per_model(
 
     async def render(runner: EngineRunner, rate: int | None = None) -> list[Any]:
         request = SynthesisRequest(
-            text="收到好友从远方寄来的生日礼物。", voice=prompt, mode=SynthesisMode.zero_shot,
+            text="收到好友从远方寄来的生日礼物。",
+            voice=prompt,
+            mode=SynthesisMode.zero_shot,
             sample_rate=rate,
         )
         return [chunk async for chunk in runner.synthesize(request, load_clip)]
 
     first = EngineRunner(
-        engine, concurrency=2, timeout=30,
+        engine,
+        concurrency=2,
+        timeout=30,
         feature_cache=FeatureCache(engine, engine.info.model, blobs, capacity=4),
     )
     await first.start()
@@ -415,7 +427,9 @@ async def test_through_the_runner_a_voice_is_extracted_once_per_model(
     assert len(calls(model, "add_zero_shot_spk")) == 1
 
     restarted = EngineRunner(
-        engine, concurrency=2, timeout=30,
+        engine,
+        concurrency=2,
+        timeout=30,
         feature_cache=FeatureCache(engine, engine.info.model, blobs, capacity=4),
     )
     await restarted.start()

@@ -105,11 +105,11 @@ async def no_clip() -> Clip:
 
 
 async def make_runner(
-    engine: FakeEngine, *, concurrency: int = 2, timeout: float = 5.0, **options: Any
+    engine: FakeEngine, *, concurrency: int = 2, deadline: float = 5.0, **options: Any
 ) -> EngineRunner:
     cache = FeatureCache(engine, "fake", None, capacity=8)
     runner = EngineRunner(
-        engine, concurrency=concurrency, timeout=timeout, feature_cache=cache, **options
+        engine, concurrency=concurrency, timeout=deadline, feature_cache=cache, **options
     )
     await runner.start()
     return runner
@@ -248,7 +248,7 @@ async def test_a_cancelled_consumer_task_stops_the_engine() -> None:
 
 async def test_an_engine_that_overruns_the_deadline_fails_and_is_stopped() -> None:
     engine = FakeEngine(chunks=100, delay=0.05)
-    runner = await make_runner(engine, timeout=0.3)
+    runner = await make_runner(engine, deadline=0.3)
     with pytest.raises(SynthesisFailed, match="deadline"):
         await collect(runner, request())
     assert await asyncio.to_thread(engine.closed.wait, 1.0)
@@ -258,7 +258,7 @@ async def test_an_engine_that_overruns_the_deadline_fails_and_is_stopped() -> No
 async def test_a_call_that_cannot_get_a_slot_in_time_is_busy() -> None:
     engine = FakeEngine(chunks=1)
     engine.gate = threading.Event()
-    runner = await make_runner(engine, concurrency=1, timeout=0.3)
+    runner = await make_runner(engine, concurrency=1, deadline=0.3)
     holder = asyncio.create_task(collect(runner, request("holder")))
     await wait_until(lambda: engine.started == ["holder"])
     with pytest.raises(Busy):

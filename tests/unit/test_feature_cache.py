@@ -98,7 +98,9 @@ class ClipLoader:
 
 def stored_voice(prompt_text: str | None = "hello", voice_id: str = "v1") -> VoicePrompt:
     return VoicePrompt(
-        sha256=SHA, voice_id=voice_id, sample_key=f"voices/{voice_id}/sample.wav",
+        sha256=SHA,
+        voice_id=voice_id,
+        sample_key=f"voices/{voice_id}/sample.wav",
         prompt_text=prompt_text,
     )
 

@@ -134,9 +134,9 @@ class NatsEventBus:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=max(int(self._timeout), 1),
-                error_cb=_log_error,
-                disconnected_cb=_log_disconnected,
-                reconnected_cb=_log_reconnected,
+                error_cb=self._connection_error,
+                disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
             )
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
@@ -166,6 +166,17 @@ class NatsEventBus:
             await self._jetstream.account_info()
         except nats.errors.Error as exc:
             raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+
+    async def _connection_error(self, exc: Exception) -> None:
+        if not self._closing:
+            log.warning("event bus connection error: %r", exc)
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.warning("event bus disconnected; reconnecting")
+
+    async def _reconnected(self) -> None:
+        log.info("event bus reconnected")
 
     @property
     def _jetstream(self) -> JetStreamContext:
@@ -480,15 +491,3 @@ async def _settle(reply: Awaitable[None]) -> None:
         await reply
     except nats.errors.Error as exc:
         log.warning("could not settle a message: %r", exc)
-
-
-async def _log_error(exc: Exception) -> None:
-    log.warning("event bus connection error: %r", exc)
-
-
-async def _log_disconnected() -> None:
-    log.warning("event bus disconnected; reconnecting")
-
-
-async def _log_reconnected() -> None:
-    log.info("event bus reconnected")

@@ -12,6 +12,7 @@ import asyncio
 import mimetypes
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -39,15 +40,18 @@ def content_type_for(path: str) -> str:
 
 
 def key_segments(key: str) -> list[str]:
-    """Split a key into path segments, refusing anything that could escape a namespace.
+    """Split a key into its namespace and path, refusing anything that could escape.
 
-    A trailing '/' (a prefix) is allowed and dropped.
+    A key names something inside a namespace (`outputs/x.wav`, `voices/<id>/`), never a
+    namespace itself; a trailing '/' (a prefix) is allowed and dropped.
     """
     if not key or "\\" in key or "\x00" in key or key.startswith("/"):
         raise InvalidInput(f"invalid storage key: {key!r}")
     segments = key.removesuffix("/").split("/")
     if any(segment in {"", ".", ".."} for segment in segments):
         raise InvalidInput(f"invalid storage key: {key!r}")
+    if len(segments) < 2:
+        raise InvalidInput(f"invalid storage key: {key!r} (names a whole namespace)")
     return segments
 
 
@@ -76,8 +80,6 @@ class FileBlobStore:
         root = self._roots.get(namespace)
         if root is None:
             raise InvalidInput(f"invalid storage key: {key!r} (unknown namespace)")
-        if not rest:
-            raise InvalidInput(f"invalid storage key: {key!r} (names a whole namespace)")
         path = root.joinpath(*rest)
         resolved_root = root.resolve()
         if not path.resolve().is_relative_to(resolved_root):
@@ -97,13 +99,10 @@ class FileBlobStore:
 
     async def stat(self, key: str) -> BlobInfo:
         path = self._path(key)
-        try:
-            info = await asyncio.to_thread(path.stat)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{key} not found") from None
-        if not path.is_file():
+        size = await asyncio.to_thread(_file_size, path)
+        if size is None:
             raise NotFound(f"{key} not found")
-        return BlobInfo(size=info.st_size, content_type=content_type_for(path.name))
+        return BlobInfo(size=size, content_type=content_type_for(path.name))
 
     async def read_range(
         self, key: str, start: int = 0, end: int | None = None
@@ -125,7 +124,7 @@ class FileBlobStore:
                     remaining -= len(piece)
                 yield piece
         finally:
-            await asyncio.to_thread(handle.close)
+            handle.close()  # a read-only close does no I/O worth a thread
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -147,6 +146,14 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _remove(path: Path, as_prefix: bool) -> None:

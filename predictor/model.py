@@ -1,0 +1,285 @@
+"""The synthesis engine as a KServe model.
+
+`SynthesisModel` is an inbound adapter over the same `InProcessSynthesis` (and so the
+same `EngineRunner`: fair queue, worker threads, feature cache, deadlines) that serves
+the embedded profile; it only translates KServe's V1 calls to and from the wire schema
+in `core.schemas.predictor`.
+
+Lifecycle: the server answers probes from its first second, while the engine loads in
+the background (`start_serving`, run by the app's lifespan); `healthy()` — what
+`/v1/models/<name>` and `/v2/models/<name>/ready` report — turns true only once the
+engine loaded and warmed up.
+
+Importing this module imports `kserve`, which parses `sys.argv`: only the predictor's
+entry point imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput as KServeInvalidInput
+from pydantic import ValidationError
+
+from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
+from core.audio.decode import decode_clip
+from core.errors import CosyVoiceError, InvalidInput
+from core.ports import AudioChunk, SynthesisRequest, VoicePrompt
+from core.schemas.predictor import (
+    EngineDescription,
+    FeatureCacheStats,
+    PredictorMetadata,
+    PredictRequest,
+    PredictResponse,
+    StreamError,
+    StreamSummary,
+    SynthesisInstance,
+    SynthesisPrediction,
+    SynthesisStats,
+    audio_frame,
+    end_frame,
+    error_frame,
+    samples_to_pcm,
+    wire_error_name,
+)
+
+from .disconnect import ClientGone, client_gone, until_gone
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SynthesisModel(Model):
+    """KServe V1 `:predict` over a synthesis engine (see `core.schemas.predictor`)."""
+
+    def __init__(
+        self,
+        name: str,
+        synthesis: InProcessSynthesis,
+        *,
+        max_text_length: int,
+        warning: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self._synthesis = synthesis
+        self._runner = synthesis.runner
+        self._max_text_length = max_text_length
+        self._warning = warning
+        self.ready = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start_serving(self) -> None:
+        """Load and warm the engine; the model reports ready only when this succeeded."""
+        log.info("loading %s (%s)", self.name, self._runner.info.model)
+        started = time.perf_counter()
+        await self._synthesis.start()
+        self.ready = self._runner.ready
+        if self.ready:
+            log.info(
+                "%s ready in %.1f s: %s", self.name, time.perf_counter() - started,
+                self._runner.info.model,
+            )
+        else:
+            log.error("%s is not ready: %s", self.name, self._runner.load_error)
+
+    async def stop_serving(self) -> None:
+        self.ready = False
+        await self._synthesis.close()
+
+    def load(self) -> bool:
+        # KServe calls this for a model that is not ready; loading already runs in the
+        # background and must not block the event loop, so there is nothing to do here.
+        return self.ready
+
+    def stop(self) -> None:
+        self.ready = False
+
+    async def healthy(self) -> bool:
+        return self.ready and self._runner.ready
+
+    # --- description --------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return [{"name": "text", "datatype": "BYTES", "shape": [1]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [{"name": "audio", "datatype": "FP32", "shape": [-1]}]
+
+    def metadata(self) -> PredictorMetadata:
+        runner = self._runner
+        cache = runner.feature_cache
+        return PredictorMetadata(
+            name=self.name,
+            ready=self.ready and runner.ready,
+            load_error=runner.load_error,
+            warning=self._warning,
+            engine=EngineDescription.from_info(runner.info),
+            synthesis=SynthesisStats(
+                concurrency=runner.concurrency,
+                active=runner.active,
+                queued=runner.queued,
+                completed=runner.completed,
+                failed=runner.failed,
+                cancelled=runner.cancelled,
+                first_chunk_seconds=runner.first_chunk_seconds,
+            ),
+            feature_cache=FeatureCacheStats(
+                entries=len(cache),
+                hits=cache.hits,
+                blob_hits=cache.blob_hits,
+                extractions=cache.extractions,
+            ),
+        )
+
+    # --- inference ----------------------------------------------------------------------
+
+    async def predict(
+        self,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | AsyncIterator[bytes]:
+        instance = self._parse(payload)
+        request = await self._request(instance)
+        gone = client_gone()
+        started = time.perf_counter()
+        chunks = self._synthesis.synthesize(request)
+        try:
+            # The first chunk is awaited here, not in the stream, so that a refusal
+            # (saturated, not ready, unusable clip) still gets its HTTP status.
+            first = await _edge(until_gone(anext(chunks, None), gone))
+            if instance.stream:
+                return self._frames(first, chunks, started)
+            rest = await _edge(until_gone(_collect(chunks), gone))
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return self._prediction([first, *rest] if first else rest, started)
+
+    def _parse(self, payload: Any) -> SynthesisInstance:
+        if isinstance(payload, bytes | bytearray | str):
+            raise KServeInvalidInput(
+                "the body must be JSON (Content-Type: application/json) of the form "
+                '{"instances": [{"text": ..., "voice": {...}}]}'
+            )
+        try:
+            instance = PredictRequest.model_validate(payload).instances[0]
+        except ValidationError as exc:
+            raise KServeInvalidInput(_one_line(exc)) from None
+        if len(instance.text.strip()) > self._max_text_length:
+            raise KServeInvalidInput(
+                f"text is {len(instance.text.strip())} characters long; "
+                f"the limit is {self._max_text_length}"
+            )
+        return instance
+
+    async def _request(self, instance: SynthesisInstance) -> SynthesisRequest:
+        spec = instance.voice
+        clip = None
+        if spec.audio is not None:
+            try:
+                data = base64.b64decode(spec.audio, validate=True)
+            except (binascii.Error, ValueError):
+                raise KServeInvalidInput("voice.audio is not valid base64") from None
+            clip = await asyncio.to_thread(decode_clip, data)
+        voice = VoicePrompt(
+            sha256=spec.sha256,
+            clip=clip,
+            voice_id=spec.voice_id,
+            sample_key=spec.sample_key,
+            prompt_text=spec.prompt_text,
+            language=spec.language,
+        )
+        return SynthesisRequest(
+            text=instance.text,
+            voice=voice,
+            mode=instance.mode,
+            instruct_text=instance.instruct_text,
+            speed=instance.speed,
+            language=instance.language,
+            sample_rate=instance.sample_rate,
+        )
+
+    def _prediction(self, chunks: list[AudioChunk], started: float) -> dict[str, Any]:
+        info = self._runner.info
+        rate = chunks[0].sample_rate if chunks else info.sample_rate
+        samples = (
+            np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
+        )
+        prediction = SynthesisPrediction(
+            audio=base64.b64encode(samples_to_pcm(samples)).decode("ascii"),
+            sample_rate=rate,
+            num_samples=int(samples.size),
+            duration=round(samples.size / rate, 4),
+            synthesis_time=round(time.perf_counter() - started, 4),
+            engine=info.engine,
+            model=info.model,
+        )
+        return PredictResponse(predictions=[prediction]).model_dump()
+
+    async def _frames(
+        self, first: AudioChunk | None, chunks: AsyncIterator[AudioChunk], started: float
+    ) -> AsyncIterator[bytes]:
+        """The stream body. Once it started, a client that leaves is noticed by the HTTP
+        server, which cancels this generator; closing `chunks` stops the engine."""
+        count = total = 0
+        rate = first.sample_rate if first else self._runner.info.sample_rate
+        try:
+            chunk = first
+            while chunk is not None:
+                count += 1
+                total += chunk.samples.size
+                rate = chunk.sample_rate
+                yield audio_frame(chunk.samples, chunk.sample_rate)
+                chunk = await anext(chunks, None)
+            yield end_frame(
+                StreamSummary(
+                    sample_rate=rate,
+                    num_samples=total,
+                    chunks=count,
+                    duration=round(total / rate, 4),
+                    synthesis_time=round(time.perf_counter() - started, 4),
+                )
+            )
+        except CosyVoiceError as exc:
+            log.warning("%s: synthesis failed mid-stream: %s", self.name, exc.detail)
+            yield error_frame(StreamError(type=wire_error_name(exc), error=exc.detail))
+        except Exception as exc:
+            log.exception("%s: unexpected error mid-stream", self.name)
+            yield error_frame(StreamError(type="SynthesisFailed", error=f"synthesis failed: {exc}"))
+        finally:
+            await chunks.aclose()
+
+
+async def _collect(chunks: AsyncIterator[AudioChunk]) -> list[AudioChunk]:
+    return [chunk async for chunk in chunks]
+
+
+async def _edge(work: Awaitable[T]) -> T:
+    """Translate the platform's bad-input error to KServe's, which answers 400."""
+    try:
+        return await work
+    except InvalidInput as exc:
+        raise KServeInvalidInput(exc.detail) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
+__all__ = ["ClientGone", "SynthesisModel"]
