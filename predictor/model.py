@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
 from core.audio.decode import decode_clip
 from core.errors import CosyVoiceError, InvalidInput
-from core.ports import AudioChunk, SynthesisRequest, VoicePrompt
+from core.ports import AudioChunk, BlobStore, SynthesisRequest, VoicePrompt
 from core.schemas.predictor import (
     EngineDescription,
     FeatureCacheStats,
@@ -66,14 +66,17 @@ class SynthesisModel(Model):
         name: str,
         synthesis: InProcessSynthesis,
         *,
+        blobs: BlobStore,
         max_text_length: int,
         warning: str | None = None,
     ) -> None:
         super().__init__(name)
         self._synthesis = synthesis
         self._runner = synthesis.runner
+        self._blobs = blobs
         self._max_text_length = max_text_length
         self._warning = warning
+        self._start_error: str | None = None
         self.ready = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -82,11 +85,19 @@ class SynthesisModel(Model):
         """Load and warm the engine; the model reports ready only when this succeeded."""
         log.info("loading %s (%s)", self.name, self._runner.info.model)
         started = time.perf_counter()
+        try:
+            await self._blobs.start()
+        except CosyVoiceError as exc:
+            self._start_error = f"the blob store is unavailable: {exc.detail}"
+            log.error("%s is not ready: %s", self.name, self._start_error)
+            return
         await self._synthesis.start()
         self.ready = self._runner.ready
         if self.ready:
             log.info(
-                "%s ready in %.1f s: %s", self.name, time.perf_counter() - started,
+                "%s ready in %.1f s: %s",
+                self.name,
+                time.perf_counter() - started,
                 self._runner.info.model,
             )
         else:
@@ -95,6 +106,7 @@ class SynthesisModel(Model):
     async def stop_serving(self) -> None:
         self.ready = False
         await self._synthesis.close()
+        await self._blobs.close()
 
     def load(self) -> bool:
         # KServe calls this for a model that is not ready; loading already runs in the
@@ -121,7 +133,7 @@ class SynthesisModel(Model):
         return PredictorMetadata(
             name=self.name,
             ready=self.ready and runner.ready,
-            load_error=runner.load_error,
+            load_error=self._start_error or runner.load_error,
             warning=self._warning,
             engine=EngineDescription.from_info(runner.info),
             synthesis=SynthesisStats(
@@ -213,9 +225,7 @@ class SynthesisModel(Model):
     def _prediction(self, chunks: list[AudioChunk], started: float) -> dict[str, Any]:
         info = self._runner.info
         rate = chunks[0].sample_rate if chunks else info.sample_rate
-        samples = (
-            np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
-        )
+        samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
         prediction = SynthesisPrediction(
             audio=base64.b64encode(samples_to_pcm(samples)).decode("ascii"),
             sample_rate=rate,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,8 @@ class FeatureCache:
             raise ValueError("capacity must be at least 1")
         self._engine = engine
         self._model_name = model_name
+        # Model names are labels ("espeak-ng (development engine)"); keys stay plain.
+        self._key_name = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") or "model"
         self._blobs = blobs
         self._capacity = capacity
         self._entries: OrderedDict[_CacheKey, tuple[Clip, Any]] = OrderedDict()
@@ -109,7 +112,7 @@ class FeatureCache:
     def _blob_key(self, prompt: VoicePrompt) -> str | None:
         if self._blobs is None or not prompt.voice_id:
             return None  # an uploaded clip has no voice to file its features under
-        return features_key(prompt.voice_id, self._model_name, prompt.sha256)
+        return features_key(prompt.voice_id, self._key_name, prompt.sha256)
 
     async def _extract(self, clip: Clip, prompt_text: str | None) -> Any:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -33,7 +34,7 @@ def own_server(server_factory: ServerFactory) -> ApiServer:
 
 
 @pytest.fixture
-def own_client(own_server: ApiServer) -> httpx.Client:
+def own_client(own_server: ApiServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=own_server.url, timeout=60) as http:
         yield http
 

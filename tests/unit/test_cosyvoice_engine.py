@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from core.engines.cosyvoice import (
 from core.engines.features import FeatureCache
 from core.engines.instructions import to_cosyvoice_instruction
 from core.engines.runner import EngineRunner
-from core.errors import EngineNotReady, InvalidInput, NotFound
+from core.errors import EngineNotReady, InvalidInput, NotFound, SynthesisFailed
 from core.ports import BlobInfo, Clip, SynthesisRequest, VoicePrompt
 from tests.conftest import MANDARIN_TRANSCRIPT
 
@@ -345,6 +346,33 @@ def test_closing_early_stops_upstream_and_cleans_up(load: Any, clip: Clip) -> No
     assert model.frontend.spk2info == {}
     assert model.model.llm_end_dict == {}  # the abandoned session was swept
     assert model.model.tts_speech_token_dict == {}
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.5], ids=["streaming", "whole"])
+def test_an_error_in_the_llm_thread_fails_the_call_at_once(
+    load: Any, clip: Clip, speed: float
+) -> None:
+    engine, model = load()
+    model.model.llm_failure = RuntimeError("CUDA out of memory")
+    features = engine.extract_features(clip, None)
+    outcome: dict[str, BaseException] = {}
+
+    def attempt() -> None:
+        try:
+            speak(engine, engine_request(clip, features, speed=speed))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    # Upstream would wait for tokens forever: a daemon thread turns a hang into a failure.
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the call hangs on the failed LLM thread"
+    assert isinstance(outcome.get("error"), SynthesisFailed)
+    assert "CUDA out of memory" in str(outcome["error"])
+    model.model.llm_failure = None
+    assert len(speak(engine, engine_request(clip, features))) > 0
+    assert model.model.llm_end_dict == {}
 
 
 # --- features storage ------------------------------------------------------------------

@@ -270,6 +270,23 @@ async def test_a_call_that_cannot_get_a_slot_in_time_is_busy() -> None:
     await runner.close()
 
 
+async def test_an_engine_thread_that_ignores_the_stop_loses_its_slot() -> None:
+    engine = FakeEngine(chunks=1)
+    hang = threading.Event()
+    engine.gate = hang  # the engine blocks inside a chunk, deaf to the cancel flag
+    runner = await make_runner(engine, concurrency=1, deadline=0.2, stop_grace=0.2)
+    with pytest.raises(SynthesisFailed, match="deadline"):
+        await collect(runner, request("hangs"))
+    await wait_until(lambda: runner.stuck == 1)
+    assert runner.active == 0
+    engine.gate = None
+    assert len(await collect(runner, request("next"))) == 1  # served despite the hang
+    hang.set()  # the stuck thread ends at last: it is no longer counted
+    await wait_until(lambda: runner.stuck == 0)
+    assert runner.active == 0
+    await runner.close()
+
+
 async def test_engine_errors_become_synthesis_failed_with_the_engine_message() -> None:
     runner = await make_runner(FakeEngine(fail_with=RuntimeError("CUDA out of memory")))
     with pytest.raises(SynthesisFailed, match="CUDA out of memory"):

@@ -148,6 +148,13 @@ async def test_each_model_keeps_its_own_features() -> None:
     assert len(blobs.objects) == 2
 
 
+async def test_model_labels_become_plain_storage_keys() -> None:
+    blobs = MemoryBlobs()
+    cache = FeatureCache(CountingEngine(), "espeak-ng (development engine)", blobs, capacity=4)
+    await cache.get(stored_voice(), ClipLoader())
+    assert list(blobs.objects) == [features_key("v1", "espeak-ng-development-engine", SHA)]
+
+
 async def test_an_uploaded_clip_is_cached_in_memory_but_not_persisted() -> None:
     engine, blobs = CountingEngine(), MemoryBlobs()
     cache = FeatureCache(engine, "m", blobs, capacity=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,13 @@ from core.domain import (
     output_key,
     utcnow,
 )
-from core.errors import InvalidInput, InvalidTransition, SynthesisFailed, TaskNotFound, VoiceNotFound
+from core.errors import (
+    InvalidInput,
+    InvalidTransition,
+    SynthesisFailed,
+    TaskNotFound,
+    VoiceNotFound,
+)
 from core.ports import RenderRequest
 from core.services.synthesis import RenderResult
 from core.services.tasks import (
@@ -106,6 +112,7 @@ class ScriptedSynthesis:
     step: float = 0.01
     error: Exception | None = None
     renders: int = 0
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def request_for_voice(self, version: ApiVersion, voice_id: str, text: str, **_: Any):
         if voice_id == "missing":
@@ -124,6 +131,7 @@ class ScriptedSynthesis:
                 raise self.error
             if on_progress is not None:
                 await on_progress(index / self.segments)
+            self.progressed.set()
         await self.blobs.put(output_key(filename), b"RIFF....", "audio/wav")
         return RenderResult(filename, 1.0, self.step * self.segments, 22050, 8)
 
@@ -265,9 +273,7 @@ async def test_queue_estimate_follows_the_queue(rig: Rig) -> None:
 async def test_a_request_delivered_twice_renders_once(rig: Rig) -> None:
     await rig.store.create_task(make_task("t1", S.registered))
     worker = rig.worker()
-    await asyncio.gather(
-        worker.handle(RenderRequest("t1")), worker.handle(RenderRequest("t1"))
-    )
+    await asyncio.gather(worker.handle(RenderRequest("t1")), worker.handle(RenderRequest("t1")))
     done = await rig.store.get_task("t1")
     assert done.status is S.completed and done.progress == 1.0 and done.attempts == 1
     assert rig.synthesis.renders == 1
@@ -279,8 +285,7 @@ async def test_cancel_during_render_discards_the_output(rig: Rig) -> None:
     await rig.store.create_task(make_task("t2", S.scheduled))
     worker = rig.worker()
     rendering = asyncio.create_task(worker.handle(RenderRequest("t2")))
-    while (await rig.store.get_task("t2")).progress < 0.1:
-        await asyncio.sleep(0.01)
+    await rig.synthesis.progressed.wait()
     action, _ = await rig.tasks.cancel_or_delete("t2")
     assert action == "cancelled"
     await rendering
@@ -305,8 +310,7 @@ async def test_stop_releases_unfinished_renders(rig: Rig) -> None:
     await rig.store.create_task(make_task("t4", S.scheduled))
     worker = rig.worker(drain_seconds=0.1)
     rendering = asyncio.create_task(worker.handle(RenderRequest("t4")))
-    while (await rig.store.get_task("t4")).status is not S.processing:
-        await asyncio.sleep(0.01)
+    await rig.synthesis.progressed.wait()
     await worker.stop()
     with pytest.raises(asyncio.CancelledError):
         await rendering

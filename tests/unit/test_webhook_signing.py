@@ -185,9 +185,7 @@ async def test_gives_up_after_the_last_attempt(store: SqliteMetadataStore) -> No
 
 
 @pytest.mark.parametrize("code", [400, 404, 410, 301, 307])
-async def test_client_errors_and_redirects_are_final(
-    store: SqliteMetadataStore, code: int
-) -> None:
+async def test_client_errors_and_redirects_are_final(store: SqliteMetadataStore, code: int) -> None:
     receiver = Receiver(code)
     state, pauses = await dispatch(store, receiver, ended_task())
     assert state.status == "failed" and state.attempts == 1 and pauses == []
