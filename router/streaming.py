@@ -204,11 +204,13 @@ class AudioStream:
                 break
             samples = chunk.samples
             for start in range(0, len(samples), self._piece_samples):
+                if self.pieces_sent:
+                    # Sending never waits while the client keeps up, so without this turn
+                    # one stream would send a whole chunk's pieces while other streams'
+                    # first audio waits; the first piece itself leaves without one.
+                    await asyncio.sleep(0)
                 part = samples[start : start + self._piece_samples]
-                final = False
-                if start + self._piece_samples >= len(samples):
-                    await asyncio.sleep(0)  # one turn for the read ahead to see the end
-                    final = self._feed.at_end
+                final = start + self._piece_samples >= len(samples) and self._feed.at_end
                 final_sent = final
                 yield self._piece(part, final)
         self.finished_at = time.perf_counter()

@@ -222,6 +222,8 @@ class TaskList(BaseModel):
 
 
 class TaskDeleted(BaseModel):
+    """Answer of the task and schedule DELETE routes (what happened is in `action`)."""
+
     success: bool = True
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
@@ -249,7 +251,9 @@ class ScheduleRenderStarted(BaseModel):
     task_id: str
     status: TaskStatus
     message: str
-    queue_position: int = Field(description="1-based place in the render queue.")
+    queue_position: int = Field(
+        description="1-based place in the render queue (0: a worker has it already)."
+    )
     estimated_wait_time: float
 
 
@@ -281,15 +285,6 @@ class QueueStats(BaseModel):
     queued_tasks: int = Field(description="Tasks waiting for a worker, all kinds.")
     processing_tasks: int = Field(description="Tasks being rendered now, all kinds.")
     worker_concurrency: int
-    version: ApiVersion
-
-
-class ScheduleTaskDeleted(BaseModel):
-    success: bool = True
-    message: str
-    data: dict[str, Any] = Field(default_factory=dict)
-    task_id: str
-    action: Literal["cancelled", "deleted"]
     version: ApiVersion
 
 

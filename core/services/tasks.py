@@ -42,8 +42,10 @@ from ..domain import (
 )
 from ..errors import InvalidInput, InvalidTransition, NotFound, TaskNotFound
 from ..ports import BlobStore, EventBus, MetadataStore, RenderRequest
+from ..schemas.tasks import RenderSubmission
 from .netguard import CallbackRejected, check_callback_url
 from .synthesis import SynthesisService, output_filename
+from .webhooks import task_ended_payload
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +346,6 @@ class TaskService:
     async def announce(self, task: Task) -> None:
         """Tell the bus a task ended (the webhook path listens). Never raises: the
         webhook is marked pending on the task and resent at start-up if this is lost."""
-        from .webhooks import task_ended_payload
-
         try:
             await self._bus.publish_task_ended(task.status.value, task_ended_payload(task))
         except Exception:
@@ -393,14 +393,17 @@ class TaskService:
         """Where `task` stands in the render queue, and when a worker should start it.
 
         A queued task counts the tasks before it in queue order; a pending one counts
-        those it would queue behind if rendered now (same or higher priority).
+        those it would queue behind if rendered now (same or higher priority). A task a
+        worker already holds (or that has ended) is at position 0 with nothing to wait.
         """
         queued = await self._store.queued_tasks()
         ids = [t.task_id for t in queued]
         if task.task_id in ids:
             ahead = ids.index(task.task_id)
-        else:
+        elif task.status is TaskStatus.pending:
             ahead = sum(1 for t in queued if t.priority.rank <= task.priority.rank)
+        else:
+            return QueueEstimate(position=0, wait_seconds=0.0)
         counts = (await self._store.count_tasks())["status"]
         processing = counts.get(TaskStatus.processing.value, 0)
         average = await self._store.average_synthesis_time()
@@ -436,8 +439,6 @@ class TaskService:
         refused callback) becomes a failed task that listings show, rather than an event
         retried forever; a payload that is not a spec at all is logged and dropped.
         """
-        from ..schemas.tasks import RenderSubmission
-
         try:
             spec = RenderSubmission.model_validate(data)
         except ValidationError as exc:
@@ -449,8 +450,10 @@ class TaskService:
         except TaskNotFound:
             pass
         else:
-            if existing.status in QUEUED_STATUSES:
-                await self._publish(existing, undo=None)
+            if existing.status in QUEUED_STATUSES:  # created, but its render was not queued
+                await self._bus.publish_render(
+                    RenderRequest(task_id=existing.task_id, priority=existing.priority)
+                )
             return existing
         new = NewTask(
             text=spec.text,

@@ -41,6 +41,7 @@ import httpx
 from ..domain import FINAL_STATUSES, Task, WebhookState, utcnow
 from ..errors import CosyVoiceError, TaskNotFound
 from ..ports import MetadataStore
+from ..schemas.tasks import TaskStatusResponse
 from .netguard import CallbackRejected, CallbackTarget, CallbackUnresolvable, resolve_callback
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ def idempotency_key(task_id: str, status: str, ended_at: str | None) -> str:
 
 def task_ended_payload(task: Task) -> dict[str, Any]:
     """What the bus carries when a task ends: the status object and where to send it."""
-    from ..schemas.tasks import TaskStatusResponse
-
     body = TaskStatusResponse.of(task).model_dump(mode="json", exclude={"webhook"})
     return body | {"callback_url": task.callback_url}
 

@@ -18,8 +18,8 @@ from core.schemas.tasks import (
     ScheduleRegistered,
     ScheduleRegisterRequest,
     ScheduleRenderStarted,
-    ScheduleTaskDeleted,
     ScheduleTaskList,
+    TaskDeleted,
     TaskStatusResponse,
 )
 from core.services.tasks import NewTask
@@ -120,13 +120,13 @@ def build_router(version: ApiVersion) -> APIRouter:
 
     @router.delete(
         "/task/{task_id}",
-        response_model=ScheduleTaskDeleted,
+        response_model=TaskDeleted,
         responses=error_responses(404, 409),
         summary="Cancel a task not yet finished; delete a finished one (and its audio)",
     )
-    async def cancel_or_delete(task_id: str, runtime: RuntimeDep) -> ScheduleTaskDeleted:
+    async def cancel_or_delete(task_id: str, runtime: RuntimeDep) -> TaskDeleted:
         action, task = await runtime.tasks.cancel_or_delete(task_id)
-        return ScheduleTaskDeleted(
+        return TaskDeleted(
             message=f"Task {action} successfully",
             data={"task_id": task_id, "status": task.status.value},
             task_id=task_id,

@@ -30,7 +30,7 @@ async def socket(
     url = server.url.replace("http://", "ws://") + f"/api/{version}/ws/stream"
     if client_id:
         url += f"?client_id={client_id}"
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, close_timeout=2) as ws:
         status = await receive(ws)
         assert status["message_type"] == "status" and status["status"] == "connected"
         assert status["session_id"] and status["timestamp"] > 0
@@ -303,6 +303,7 @@ async def test_closing_mid_request_stops_the_stream(server: ApiServer, voice_id:
         assert (await receive(ws))["message_type"] == "synthesis_start"
         await asyncio.sleep(0.3)
         assert streaming_health(server)["active_streams"] >= 1
+        ws.transport.abort()  # gone without a goodbye, like a dropped network
     await eventually(lambda: streaming_health(server)["active_streams"] == 0)
 
 
