@@ -49,7 +49,35 @@ def _predictor(argv: list[str]) -> None:
     predictor_main()
 
 
-COMMANDS = {"serve": _serve, "predictor": _predictor}
+FUNCTIONS = ("render", "webhook")
+
+
+def _function(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="cosyvoice-api function")
+    parser.add_argument("name", choices=FUNCTIONS)
+    parser.add_argument("--listen", default=None, help="address:port (default $LISTEN_ADDRESS)")
+    args = parser.parse_args(argv)
+    if args.listen:
+        os.environ["LISTEN_ADDRESS"] = args.listen
+    from importlib import import_module
+
+    from func_python.cloudevent import serve
+
+    serve(import_module(f"functions.{args.name}.func").new)
+
+
+def _jetstream_source(argv: list[str]) -> None:
+    from functions.jetstream_source.adapter import main as source_main
+
+    source_main()
+
+
+COMMANDS = {
+    "serve": _serve,
+    "predictor": _predictor,
+    "function": _function,
+    "jetstream-source": _jetstream_source,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

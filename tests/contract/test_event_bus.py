@@ -22,7 +22,7 @@ from core.domain import Priority, Task, TaskStatus
 from core.errors import BackendUnavailable
 from core.ports import EventBus, MetadataStore, RenderRequest
 from tests.contract.conftest import BusFactory, DeadLetters, eventually, make_task
-from tests.servers import NatsServer
+from tests.servers import NatsServer, free_port
 
 QUIET_PERIOD = 0.6  # long enough for a duplicate to have shown up
 
@@ -319,3 +319,16 @@ async def test_a_render_longer_than_the_ack_wait_is_not_handed_out_again(
         await asyncio.sleep(3.5)
 
     assert renders.calls == ["long"]
+
+
+@pytest.mark.cluster
+async def test_an_unreachable_server_fails_start_quickly(metadata_store: MetadataStore) -> None:
+    bus = NatsEventBus(
+        f"nats://127.0.0.1:{free_port()}", metadata_store, max_deliver=3, ack_wait=2, timeout=1
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BackendUnavailable, match="event bus unavailable"):
+        await bus.start()
+    assert loop.time() - started < 4
+    await bus.close()

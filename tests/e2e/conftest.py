@@ -111,7 +111,7 @@ def profile_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     if PROFILE == "embedded":
         yield {}
     elif PROFILE == "cluster":
-        from tests.e2e.profiles import cluster_profile
+        from tests.e2e.cluster import cluster_profile
 
         with cluster_profile(tmp_path_factory.mktemp("cluster")) as env:
             yield env

@@ -34,8 +34,8 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -126,20 +126,28 @@ class NatsEventBus:
         if self._nc is not None:
             return
         self._closing = False
+        nc = NatsClient()
         try:
-            nc = await nats.connect(
-                self._url,
-                name="cosyvoice",
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=max(int(self._timeout), 1),
-                error_cb=self._connection_error,
-                disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
-            )
+            # Reconnecting forever also applies to the first connection, so bound it here:
+            # a server that is not there at start-up is an error the caller should see.
+            async with asyncio.timeout(self._timeout):
+                await nc.connect(
+                    self._url,
+                    name="cosyvoice",
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=max(int(self._timeout), 1),
+                    error_cb=self._connection_error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                )
         except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+            self._closing = True
+            with contextlib.suppress(nats.errors.Error):
+                await nc.close()
+            where = _without_credentials(self._url)
+            raise BackendUnavailable(f"event bus unavailable: cannot reach {where}") from exc
         self._nc, self._js = nc, nc.jetstream(timeout=self._timeout)
         try:
             await self._ensure_stream()
@@ -483,6 +491,11 @@ class NatsEventBus:
                 await _settle(msg.nak(delay=self._retry_delay))
                 return
         await _settle(msg.term())
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}"
 
 
 async def _settle(reply: Awaitable[None]) -> None:
