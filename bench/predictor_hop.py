@@ -139,6 +139,13 @@ async def first_chunk(client: SynthesisClient, request: SynthesisRequest) -> flo
     return elapsed
 
 
+async def round_trip(http: httpx.AsyncClient) -> float:
+    """The floor under the hop: one request through KServe's server that does nothing."""
+    started = time.perf_counter()
+    (await http.get(f"/v1/models/{MODEL}")).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
 async def run(requests: int, engine: str) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="predictor-hop-") as tmp:
         work = Path(tmp)
@@ -173,10 +180,17 @@ async def run(requests: int, engine: str) -> list[Row]:
                     await whole(client, short)
                     await first_chunk(client, long)
             rows = [Row("with-cache synthesis", [], []), Row("streaming first chunk", [], [])]
-            for _ in range(requests):
-                for name, client in sides.items():
-                    getattr(rows[0], name).append(await whole(client, short))
-                    getattr(rows[1], name).append(await first_chunk(client, long))
+            floor: list[float] = []
+            async with httpx.AsyncClient(base_url=url) as http:
+                for _ in range(requests):
+                    for name, client in sides.items():
+                        getattr(rows[0], name).append(await whole(client, short))
+                        getattr(rows[1], name).append(await first_chunk(client, long))
+                    floor.append(await round_trip(http))
+            print(
+                f"this machine's HTTP round trip to the predictor (GET /v1/models/{MODEL}): "
+                f"p50 {statistics.median(floor):.2f} ms, p90 {Row.pct(floor, 0.9):.2f} ms"
+            )
             return rows
         finally:
             await remote.close()

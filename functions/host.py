@@ -48,6 +48,7 @@ class FunctionHost:
         runtime = build_runtime(settings)
         try:
             await runtime.start()
+            await self.prepare(runtime)
         except Exception as exc:  # reported through the readiness probe
             self._start_error = f"{type(exc).__name__}: {exc}"
             log.exception("%s could not start", self.name)
@@ -58,7 +59,17 @@ class FunctionHost:
     def stop(self) -> None:
         if self.runtime is not None:
             runtime, self.runtime = self.runtime, None
-            asyncio.get_running_loop().create_task(runtime.close())
+            asyncio.get_running_loop().create_task(self._shutdown(runtime))
+
+    async def _shutdown(self, runtime: Runtime) -> None:
+        await self.release(runtime)
+        await runtime.close()
+
+    async def prepare(self, runtime: Runtime) -> None:
+        """Start what this function needs beyond the runtime."""
+
+    async def release(self, runtime: Runtime) -> None:
+        """Stop what `prepare` started."""
 
     def alive(self) -> tuple[bool, str]:
         return self._start_error is None, self._start_error or "OK"

@@ -192,20 +192,37 @@ class TaskService:
         self, version: ApiVersion, spec: NewTask, *, task_id: str | None = None
     ) -> Task:
         """A background task, queued at once (status `registered`)."""
-        task = await self._new_task(version, spec, TaskKind.task, task_id)
+        return await self._create_queued(version, spec, TaskKind.task, task_id)
+
+    async def schedule(
+        self, version: ApiVersion, spec: NewTask, *, task_id: str | None = None
+    ) -> Task:
+        """A scheduled task queued at once (status `scheduled`): what producers submit."""
+        return await self._create_queued(version, spec, TaskKind.scheduled, task_id)
+
+    async def register(self, version: ApiVersion, spec: NewTask) -> Task:
+        """A scheduled task, waiting for `render` (status `pending`)."""
+        task = await self._new_task(version, spec, TaskKind.scheduled, None, queued=False)
+        await self._store.create_task(task)
+        return task
+
+    async def _create_queued(
+        self, version: ApiVersion, spec: NewTask, kind: TaskKind, task_id: str | None
+    ) -> Task:
+        task = await self._new_task(version, spec, kind, task_id, queued=True)
         if not await self._store.create_task(task):
             return await self._store.get_task(task.task_id)  # same id submitted again
         await self._publish(task, undo=None)
         return task
 
-    async def register(self, version: ApiVersion, spec: NewTask) -> Task:
-        """A scheduled task, waiting for `render` (status `pending`)."""
-        task = await self._new_task(version, spec, TaskKind.scheduled, None)
-        await self._store.create_task(task)
-        return task
-
     async def _new_task(
-        self, version: ApiVersion, spec: NewTask, kind: TaskKind, task_id: str | None
+        self,
+        version: ApiVersion,
+        spec: NewTask,
+        kind: TaskKind,
+        task_id: str | None,
+        *,
+        queued: bool,
     ) -> Task:
         text = self.checked_text(spec.text)
         _check_metadata(spec.metadata)
@@ -216,12 +233,11 @@ class TaskService:
         if spec.callback_url:
             await check_callback_url(spec.callback_url, allow_private=self._allow_private)
         now = utcnow()
-        immediate = kind is TaskKind.task
         return Task(
             task_id=task_id or str(uuid.uuid4()),
             kind=kind,
             version=version,
-            status=TaskStatus.registered if immediate else TaskStatus.pending,
+            status=queued_status(kind) if queued else TaskStatus.pending,
             priority=spec.priority,
             text=text,
             voice_id=spec.voice_id,
@@ -232,7 +248,7 @@ class TaskService:
             metadata=spec.metadata,
             filename=output_filename(version, "task", spec.format),
             created_at=now,
-            queued_at=now if immediate else None,
+            queued_at=now if queued else None,
         )
 
     def checked_text(self, text: str) -> str:
@@ -466,7 +482,7 @@ class TaskService:
             priority=spec.priority,
         )
         try:
-            return await self.create(spec.version, new, task_id=task_id)
+            return await self.schedule(spec.version, new, task_id=task_id)
         except (InvalidInput, NotFound) as exc:
             return await self._record_refused(spec.version, new, task_id, exc)
 
@@ -477,7 +493,7 @@ class TaskService:
         callback = None if isinstance(exc, CallbackRejected) else spec.callback_url
         task = Task(
             task_id=task_id,
-            kind=TaskKind.task,
+            kind=TaskKind.scheduled,  # listed with the other submissions
             version=version,
             status=TaskStatus.failed,
             priority=spec.priority,

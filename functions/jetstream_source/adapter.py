@@ -56,7 +56,9 @@ class SinkForwarder:
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"sink {self.sink} unreachable: {exc}") from exc
         if response.status_code >= 300:
-            raise BackendUnavailable(f"sink answered {response.status_code}: {response.text[:200]}")
+            raise BackendUnavailable(
+                f"sink answered {response.status_code}: {response.text[:2000]}"
+            )
 
     async def render(self, request: RenderRequest) -> None:
         await self.forward(

@@ -13,6 +13,12 @@ TASK_ENDED_PREFIX = "ai.cosyvoice.task."
 class WebhookFunction(FunctionHost):
     name = "webhook"
 
+    async def prepare(self, runtime: Runtime) -> None:
+        await runtime.webhooks.start()  # its HTTP client; no bus subscription here
+
+    async def release(self, runtime: Runtime) -> None:
+        await runtime.webhooks.stop()
+
     async def on_event(
         self, runtime: Runtime, event_type: str, event_id: str, data: Any
     ) -> dict[str, Any] | None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
 from core.adapters.cluster.nats_bus import DLQ_REASON_HEADER, STREAM, NatsEventBus
+from core.adapters.embedded.sqlite_store import SqliteMetadataStore
 from core.domain import Priority, Task, TaskStatus
 from core.errors import BackendUnavailable
 from core.ports import EventBus, MetadataStore, RenderRequest
@@ -322,9 +324,10 @@ async def test_a_render_longer_than_the_ack_wait_is_not_handed_out_again(
 
 
 @pytest.mark.cluster
-async def test_an_unreachable_server_fails_start_quickly(metadata_store: MetadataStore) -> None:
+async def test_an_unreachable_server_fails_start_quickly(tmp_path: Path) -> None:
+    store = SqliteMetadataStore(tmp_path / "unused.db")
     bus = NatsEventBus(
-        f"nats://127.0.0.1:{free_port()}", metadata_store, max_deliver=3, ack_wait=2, timeout=1
+        f"nats://127.0.0.1:{free_port()}", store, max_deliver=3, ack_wait=2, timeout=1
     )
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from core.adapters.cluster.mongo_store import MongoMetadataStore
+from core.adapters.embedded import sqlite_store
+from core.adapters.embedded.sqlite_store import SqliteMetadataStore
 from core.domain import (
     Priority,
     TaskKind,
@@ -379,3 +384,31 @@ async def test_database_outage_fails_fast_and_recovers(mongo_server: MongoServer
         assert (await store.get_voice("before")).voice_id == "before"
     finally:
         await store.close()
+
+
+# --- the SQLite file's own guarantees ------------------------------------------------------
+
+
+async def test_sqlite_schema_migrates_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cosyvoice.db"
+    store = SqliteMetadataStore(path)
+    await store.start()
+    await store.create_voice(make_voice("old"))
+    await store.close()
+
+    later_step = ("ALTER TABLE voices ADD COLUMN accent TEXT",)
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, later_step))
+    upgraded = SqliteMetadataStore(path)
+    await upgraded.start()
+    try:
+        assert (await upgraded.get_voice("old")).voice_id == "old"
+    finally:
+        await upgraded.close()
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(voices)")}
+    assert "accent" in columns

@@ -44,7 +44,6 @@ from ...errors import (
 from ...ports import AudioChunk, Clip, EngineInfo, SynthesisRequest, VoicePrompt
 from ...schemas.predictor import (
     AUDIO,
-    END,
     ERROR,
     FrameProtocolError,
     FrameReader,
@@ -148,18 +147,23 @@ class KServeSynthesis:
         body = await self._body(request)
         response = await self._open(body)
         reader = FrameReader()
+        ended = False
+        failure: CosyVoiceError | None = None
         try:
             async for data in response.aiter_raw():
+                if ended:
+                    continue  # the body's last bytes: read them so the connection is reused
                 for frame in reader.feed(data):
                     if frame.kind == AUDIO:
                         samples = frame.samples()
                         if samples.size:
                             yield AudioChunk(samples=samples, sample_rate=frame.sample_rate)
-                    elif frame.kind == END:
-                        return
-                    elif frame.kind == ERROR:
+                        continue
+                    ended = True
+                    if frame.kind == ERROR:
                         error = frame.error()
-                        raise error_from_wire(error.type, error.error)
+                        failure = error_from_wire(error.type, error.error)
+                    break
         except httpx.TimeoutException:
             raise BackendUnavailable(
                 f"the {self._model} predictor sent no audio for {self._timeout:g} s"
@@ -175,6 +179,10 @@ class KServeSynthesis:
             ) from None
         finally:
             await response.aclose()
+        if failure is not None:
+            raise failure
+        if ended:
+            return
         raise BackendUnavailable(
             f"the {self._model} predictor ended the stream before the end of the audio "
             "(it may have restarted)"

@@ -239,6 +239,8 @@ class NatsEventBus:
         if not _TOKEN.match(status):
             raise InvalidInput(f"invalid task status for a subject: {status!r}")
         task_id = payload.get("task_id")
+        # A task ends in a given status once, so the pair names the event: a repeat
+        # announcement (a retried worker) is dropped by the stream.
         event = encode_event(
             task_ended_type(status),
             payload,

@@ -16,6 +16,7 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from ...errors import InvalidInput, NotFound
 from ...ports import BlobInfo
@@ -86,35 +87,33 @@ class FileBlobStore:
             raise InvalidInput(f"invalid storage key: {key!r} (leaves its folder)")
         return path
 
+    # Every method resolves the key in a worker thread: resolving follows symlinks on disk.
+
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        path = self._path(key)
-        await asyncio.to_thread(_write_atomically, path, data)
+        await asyncio.to_thread(lambda: _write_atomically(self._path(key), data))
 
     async def get(self, key: str) -> bytes:
-        path = self._path(key)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return await asyncio.to_thread(lambda: self._path(key).read_bytes())
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{key} not found") from None
 
     async def stat(self, key: str) -> BlobInfo:
-        path = self._path(key)
-        size = await asyncio.to_thread(_file_size, path)
+        size = await asyncio.to_thread(lambda: _file_size(self._path(key)))
         if size is None:
             raise NotFound(f"{key} not found")
-        return BlobInfo(size=size, content_type=content_type_for(path.name))
+        return BlobInfo(size=size, content_type=content_type_for(key))
 
     async def read_range(
         self, key: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        path = self._path(key)
+        offset = max(start, 0)
         try:
-            handle = await asyncio.to_thread(path.open, "rb")
+            handle = await asyncio.to_thread(lambda: _open_at(self._path(key), offset))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{key} not found") from None
         try:
-            await asyncio.to_thread(handle.seek, max(start, 0))
-            remaining = None if end is None else end - max(start, 0) + 1
+            remaining = None if end is None else end - offset + 1
             while remaining is None or remaining > 0:
                 size = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
                 piece = await asyncio.to_thread(handle.read, size)
@@ -124,11 +123,16 @@ class FileBlobStore:
                     remaining -= len(piece)
                 yield piece
         finally:
-            handle.close()  # a read-only close does no I/O worth a thread
+            handle.close()  # closing a file opened for reading does no I/O worth a thread
 
     async def delete(self, key: str) -> None:
-        path = self._path(key)
-        await asyncio.to_thread(_remove, path, key.endswith("/"))
+        await asyncio.to_thread(lambda: _remove(self._path(key), as_prefix=key.endswith("/")))
+
+
+def _open_at(path: Path, offset: int) -> BinaryIO:
+    handle = path.open("rb")
+    handle.seek(offset)
+    return handle
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -138,6 +142,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         dir=path.parent, prefix=f".{path.name}.", suffix=".part"
     )
     try:
+        os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide the file from other readers
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()

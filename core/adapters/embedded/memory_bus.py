@@ -127,7 +127,10 @@ class MemoryEventBus:
             )
             self._forget(request.task_id)
             if self._on_dead_letter is not None:
-                await self._on_dead_letter(request.task_id, reason)
+                try:
+                    await self._on_dead_letter(request.task_id, reason)
+                except Exception:  # the worker must outlive a failing callback
+                    log.exception("dead-letter callback failed for task %s", request.task_id)
             return
         delay = min(self._retry_delay * 2 ** (deliveries - 1), _MAX_RETRY_DELAY)
         log.warning("render %s failed (%s); retrying in %.1fs", request.task_id, reason, delay)
