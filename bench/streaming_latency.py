@@ -171,10 +171,13 @@ async def _drain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 def http_client(target: Target) -> Client:
     boundary = uuid.uuid4().hex
     fields = {"text": TEXT, "voice_id": target.voice_id, "format": "wav", "quality": "medium"}
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
     request = (
         f"POST /api/v3/streaming/cross-lingual HTTP/1.1\r\nHost: {target.host}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
@@ -233,8 +236,13 @@ def ws_client(target: Target) -> Client:
             await ws.recv()  # status: connected
 
             async def send() -> float:
-                message = {"message_type": "text_request", "request_id": uuid.uuid4().hex,
-                           "text": TEXT, "voice_id": target.voice_id, "format": "wav"}
+                message = {
+                    "message_type": "text_request",
+                    "request_id": uuid.uuid4().hex,
+                    "text": TEXT,
+                    "voice_id": target.voice_id,
+                    "format": "wav",
+                }
                 started = time.perf_counter()
                 await ws.send(json.dumps(message))
                 seconds = None
@@ -296,28 +304,37 @@ def print_report(
     served: dict[tuple[str, str], list[float]],
 ) -> bool:
     print(f"\ntext: {TEXT!r}")
-    print(f"{'path':<7}{'load':<14}{'n':>5}{'p50 ms':>9}{'p90 ms':>9}{'engine p50':>12}"
-          f"{'gap p50':>9}")
+    print(
+        f"{'path':<7}{'load':<14}{'n':>5}{'p50 ms':>9}{'p90 ms':>9}{'engine p50':>12}{'gap p50':>9}"
+    )
     for load in loads:
         values = engine[load.name]
-        print(f"{'engine':<7}{load.name:<14}{len(values):>5}{ms(p50(values)):>9.2f}"
-              f"{ms(p90(values)):>9.2f}")
+        print(
+            f"{'engine':<7}{load.name:<14}{len(values):>5}{ms(p50(values)):>9.2f}"
+            f"{ms(p90(values)):>9.2f}"
+        )
     for (protocol, name), values in served.items():
         base = p50(engine[name])
-        print(f"{protocol:<7}{name:<14}{len(values):>5}{ms(p50(values)):>9.2f}"
-              f"{ms(p90(values)):>9.2f}{ms(base):>12.2f}{ms(p50(values) - base):>9.2f}")
+        print(
+            f"{protocol:<7}{name:<14}{len(values):>5}{ms(p50(values)):>9.2f}"
+            f"{ms(p90(values)):>9.2f}{ms(base):>12.2f}{ms(p50(values) - base):>9.2f}"
+        )
 
     single, others = loads[0], loads[1:]
     ok = True
-    print(f"\ntarget 1: first byte at most {TARGET_GAP_MS:g} ms after the engine's first "
-          f"chunk (p50, {single.name})")
+    print(
+        f"\ntarget 1: first byte at most {TARGET_GAP_MS:g} ms after the engine's first "
+        f"chunk (p50, {single.name})"
+    )
     for protocol in PROTOCOLS:
         gap = ms(p50(served[protocol, single.name]) - p50(engine[single.name]))
         met = gap <= TARGET_GAP_MS
         ok &= met
         print(f"  {protocol:<5} gap {gap:6.2f} ms  {'met' if met else 'MISSED'}")
-    print(f"\ntarget 2: with more clients, first byte p50 at most {TARGET_CONCURRENCY_RATIO:g}x "
-          f"the {single.name} figure")
+    print(
+        f"\ntarget 2: with more clients, first byte p50 at most {TARGET_CONCURRENCY_RATIO:g}x "
+        f"the {single.name} figure"
+    )
     for load in others:
         stress = not load.paced
         ratio = p50(engine[load.name]) / p50(engine[single.name])
@@ -327,7 +344,9 @@ def print_report(
             met = ratio <= TARGET_CONCURRENCY_RATIO
             if not stress:
                 ok &= met
-            verdict = ("met" if met else "MISSED") + (" (stress figure, not a target)" if stress else "")
+            verdict = "met" if met else "MISSED"
+            if stress:
+                verdict += " (stress figure, not a target)"
             print(f"  {protocol:<6} {load.name:<13} {ratio:6.2f}x  {verdict}")
     return ok
 
@@ -363,8 +382,10 @@ def main(argv: list[str] | None = None) -> int:
 
     clip = (TESTDATA / "cross_lingual_prompt.wav").read_bytes()
     engine, engine_request, audio_seconds = load_engine(Settings(engine=args.engine), clip)
-    print(f"{engine.info.model}; {audio_seconds:.2f} s of audio per request; "
-          f"{args.clients} clients x {args.requests} requests per concurrent load")
+    print(
+        f"{engine.info.model}; {audio_seconds:.2f} s of audio per request; "
+        f"{args.clients} clients x {args.requests} requests per concurrent load"
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
         data_dir = Path(tmp)
@@ -390,8 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     # The baseline runs with the server stopped, so each side had the cores to itself.
     engine_first_chunk(engine, engine_request)
     engine_samples = {
-        load.name: engine_under_load(engine, engine_request, load, audio_seconds)
-        for load in loads
+        load.name: engine_under_load(engine, engine_request, load, audio_seconds) for load in loads
     }
     ok = print_report(loads, engine_samples, served)
     print(f"\nserver-measured latency_ms (/streaming/health): {health['latency_ms']}")

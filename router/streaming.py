@@ -269,8 +269,15 @@ class AudioStreamResponse(StreamingResponse):
     ever started; closing here, after the response, covers every case.
     """
 
-    def __init__(self, stream: AudioStream, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        stream: AudioStream,
+        body: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(body, media_type=media_type, headers=headers)
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

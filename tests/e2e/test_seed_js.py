@@ -74,10 +74,10 @@ def script(http_part: str, ws_part: str, server: ApiServer, voice_id: str) -> st
   ws.close();
   report.ws_frames = frames;
 """
-    return f"""
+    clip = json.dumps(str(TESTDATA / "cross_lingual_prompt.wav"))
+    code = f"""
 const fs = require('fs');
-const audioFile = new Blob([fs.readFileSync({json.dumps(str(TESTDATA / "cross_lingual_prompt.wav"))})],
-                           {{ type: 'audio/wav' }});
+const audioFile = new Blob([fs.readFileSync({clip})], {{ type: 'audio/wav' }});
 const report = {{}};
 
 async function main() {{
@@ -92,9 +92,13 @@ main().then(
   () => {{ console.log(JSON.stringify(report)); }},
   (error) => {{ console.error(error); process.exit(1); }},
 );
-""".replace("http://localhost:8012", server.url).replace(
-        "ws://localhost:8012", server.url.replace("http://", "ws://")
-    ).replace("'my_voice'", f"'{voice_id}'")
+"""
+    ws_url = server.url.replace("http://", "ws://")
+    return (
+        code.replace("http://localhost:8012", server.url)
+        .replace("ws://localhost:8012", ws_url)
+        .replace("'my_voice'", f"'{voice_id}'")
+    )
 
 
 def run_node(code: str, tmp_path: Path) -> dict:

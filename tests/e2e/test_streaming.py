@@ -272,7 +272,10 @@ def test_sse_failure_after_start_is_an_error_event(client: httpx.Client, voice_i
 
 def test_sse_refusals_before_start_are_status_codes(client: httpx.Client, voice_id: str) -> None:
     assert client.get(SSE, params={"text": TEXT, "voice_id": "nobody_here"}).status_code == 404
-    assert client.get(SSE, params={"text": TEXT, "voice_id": voice_id, "format": "flac"}).status_code == 400
+    assert (
+        client.get(SSE, params={"text": TEXT, "voice_id": voice_id, "format": "flac"}).status_code
+        == 400
+    )
 
 
 # --- health, disconnects, the cap -------------------------------------------------------------
@@ -350,10 +353,22 @@ def test_sse_timestamps_and_ids_follow_the_compatibility_shape(
     start, chunk, complete = events[0]["data"], events[1]["data"], events[-1]["data"]
     assert {"message", "version", "timestamp"} <= set(start)
     assert {
-        "chunk_index", "chunk_size", "total_bytes", "audio_data", "is_final",
-        "timestamp", "sample_rate", "channels", "version",
+        "chunk_index",
+        "chunk_size",
+        "total_bytes",
+        "audio_data",
+        "is_final",
+        "timestamp",
+        "sample_rate",
+        "channels",
+        "version",
     } <= set(chunk)
-    assert {"total_chunks", "total_bytes", "duration", "synthesis_time", "message", "version"} <= set(
-        complete
-    )
+    assert {
+        "total_chunks",
+        "total_bytes",
+        "duration",
+        "synthesis_time",
+        "message",
+        "version",
+    } <= set(complete)
     assert sf.info(io.BytesIO(base64.b64decode(chunk["audio_data"]))).samplerate == 22050

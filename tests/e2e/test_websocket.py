@@ -15,8 +15,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.audio_checks import hear
-from tests.e2e.conftest import ApiServer, ServerFactory, create_voice
 from tests.conftest import TESTDATA
+from tests.e2e.conftest import ApiServer, ServerFactory, create_voice
 
 TEXT = "Hello there. This is a streaming test of the voice, read aloud in three sentences."
 LONG_TEXT = "This sentence keeps the stream busy for a while. " * 40
@@ -95,11 +95,13 @@ def sessions(server: ApiServer, version: str = "v3") -> list[dict[str, Any]]:
     return body["sessions"]
 
 
-async def eventually(check: Any, timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(check):
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.05)
+async def eventually(check: Any) -> None:
+    """Wait (10 s at most) until `check()`, a blocking call, is true."""
+    async with asyncio.timeout(10):
+        while True:  # the server's state, polled: there is nothing to await instead
+            if await asyncio.to_thread(check):
+                return
+            await asyncio.sleep(0.05)
 
 
 # --- the protocol --------------------------------------------------------------------------
@@ -153,10 +155,23 @@ async def test_a_request_streams_start_chunks_and_complete(
 
 async def test_mp3_and_pcm_chunks(server: ApiServer, voice_id: str) -> None:
     async with socket(server) as ws:
-        await send(ws, message_type="text_request", request_id="m", text=TEXT, voice_id=voice_id,
-                   format="mp3")
-        await send(ws, message_type="text_request", request_id="p", text=TEXT, voice_id=voice_id,
-                   format="pcm", quality="low")
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="m",
+            text=TEXT,
+            voice_id=voice_id,
+            format="mp3",
+        )
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="p",
+            text=TEXT,
+            voice_id=voice_id,
+            format="pcm",
+            quality="low",
+        )
         frames = await collect(ws, {"m", "p"})
     for frame in frames["m"]:
         if frame["message_type"] == "audio_chunk" and frame["metadata"]["chunk_size"]:
@@ -171,10 +186,17 @@ async def test_mp3_and_pcm_chunks(server: ApiServer, voice_id: str) -> None:
 
 async def test_two_requests_in_flight_on_one_socket(server: ApiServer, voice_id: str) -> None:
     async with socket(server) as ws:
-        await send(ws, message_type="text_request", request_id="first", text=TEXT * 2,
-                   voice_id=voice_id)
-        await send(ws, message_type="text_request", request_id="second", text="A short one.",
-                   voice_id=voice_id, quality="low")
+        await send(
+            ws, message_type="text_request", request_id="first", text=TEXT * 2, voice_id=voice_id
+        )
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="second",
+            text="A short one.",
+            voice_id=voice_id,
+            quality="low",
+        )
         frames = await collect(ws, {"first", "second"})
     for rid, rate in (("first", 22050), ("second", 16000)):
         kinds = [frame["message_type"] for frame in frames[rid]]
@@ -194,11 +216,21 @@ async def test_two_requests_in_flight_on_one_socket(server: ApiServer, voice_id:
         (json.dumps({"request_id": "x"}), "UNKNOWN_MESSAGE_TYPE"),
         (json.dumps({"message_type": "text_request", "request_id": "x"}), "INVALID_REQUEST"),
         (
-            json.dumps({"message_type": "text_request", "request_id": "x", "text": "Hi.",
-                        "voice_id": "v", "speed": 9}),
+            json.dumps(
+                {
+                    "message_type": "text_request",
+                    "request_id": "x",
+                    "text": "Hi.",
+                    "voice_id": "v",
+                    "speed": 9,
+                }
+            ),
             "INVALID_REQUEST",
         ),
-        (json.dumps({"message_type": "cancel", "request_id": "nothing_running"}), "INVALID_REQUEST"),
+        (
+            json.dumps({"message_type": "cancel", "request_id": "nothing_running"}),
+            "INVALID_REQUEST",
+        ),
     ],
 )
 async def test_a_bad_message_gets_an_error_and_the_socket_stays_open(
@@ -210,8 +242,13 @@ async def test_a_bad_message_gets_an_error_and_the_socket_stays_open(
         assert error["message_type"] == "error"
         assert error["error_code"] == code
         assert error["error_message"] and error["timestamp"] > 0
-        await send(ws, message_type="text_request", request_id="after", text="Still here.",
-                   voice_id=voice_id)
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="after",
+            text="Still here.",
+            voice_id=voice_id,
+        )
         frames = (await collect(ws, {"after"}))["after"]
         assert frames[-1]["message_type"] == "synthesis_complete"
 
@@ -229,8 +266,16 @@ async def test_a_request_that_cannot_be_served_gets_an_error_with_its_id(
     server: ApiServer, voice_id: str, fields: dict[str, str], code: str
 ) -> None:
     async with socket(server) as ws:
-        await send(ws, **{"message_type": "text_request", "request_id": "r1", "text": TEXT,
-                          "voice_id": voice_id, **fields})
+        await send(
+            ws,
+            **{
+                "message_type": "text_request",
+                "request_id": "r1",
+                "text": TEXT,
+                "voice_id": voice_id,
+                **fields,
+            },
+        )
         frames = (await collect(ws, {"r1"}))["r1"]
         assert frames[-1]["message_type"] == "error"
         assert frames[-1]["error_code"] == code
@@ -240,8 +285,15 @@ async def test_a_request_that_cannot_be_served_gets_an_error_with_its_id(
 
 async def test_cancel_stops_a_request(server: ApiServer, voice_id: str) -> None:
     async with socket(server) as ws:
-        await send(ws, message_type="text_request", request_id="long", text=LONG_TEXT,
-                   voice_id=voice_id, quality="high", speed=0.5)
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="long",
+            text=LONG_TEXT,
+            voice_id=voice_id,
+            quality="high",
+            speed=0.5,
+        )
         first = await receive(ws)
         assert first["message_type"] == "synthesis_start"
         assert (await receive(ws))["message_type"] == "audio_chunk"
@@ -273,8 +325,15 @@ async def test_sessions_are_listed_while_open_and_gone_after_close(
         assert listed[0]["active_requests"] == []
         assert streaming_health(server)["active_websocket_sessions"] >= 1
 
-        await send(ws, message_type="text_request", request_id="held", text=LONG_TEXT,
-                   voice_id=voice_id, quality="high", speed=0.5)
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="held",
+            text=LONG_TEXT,
+            voice_id=voice_id,
+            quality="high",
+            speed=0.5,
+        )
         assert (await receive(ws))["message_type"] == "synthesis_start"
         # Not reading: the request stays in flight, held back by this slow reader.
         await asyncio.sleep(0.3)
@@ -283,23 +342,29 @@ async def test_sessions_are_listed_while_open_and_gone_after_close(
         await send(ws, message_type="cancel", request_id="held")
         await collect(ws, {"held"})
 
-        await send(ws, message_type="text_request", request_id="done", text="Short.",
-                   voice_id=voice_id)
+        await send(
+            ws, message_type="text_request", request_id="done", text="Short.", voice_id=voice_id
+        )
         await collect(ws, {"done"})
         listed = [s for s in sessions(server) if s["client_id"] == "listed_client"]
         assert listed[0]["requests_served"] == 1
         assert listed[0]["active_requests"] == []
         assert not [s for s in sessions(server, "v2") if s["client_id"] == "listed_client"]
 
-    await eventually(
-        lambda: not [s for s in sessions(server) if s["client_id"] == "listed_client"]
-    )
+    await eventually(lambda: not [s for s in sessions(server) if s["client_id"] == "listed_client"])
 
 
 async def test_closing_mid_request_stops_the_stream(server: ApiServer, voice_id: str) -> None:
     async with socket(server) as ws:
-        await send(ws, message_type="text_request", request_id="abandoned", text=LONG_TEXT,
-                   voice_id=voice_id, quality="high", speed=0.5)
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="abandoned",
+            text=LONG_TEXT,
+            voice_id=voice_id,
+            quality="high",
+            speed=0.5,
+        )
         assert (await receive(ws))["message_type"] == "synthesis_start"
         await asyncio.sleep(0.3)
         assert streaming_health(server)["active_streams"] >= 1
@@ -323,17 +388,22 @@ async def test_requests_beyond_the_cap_are_busy(server_factory: ServerFactory) -
     with httpx.Client(base_url=capped.url, timeout=60) as http:
         voice = create_voice(http, TESTDATA / "cross_lingual_prompt.wav", language="en")
     async with socket(capped) as ws:
-        await send(ws, message_type="text_request", request_id="holder", text=LONG_TEXT,
-                   voice_id=voice, quality="high", speed=0.5)
+        await send(
+            ws,
+            message_type="text_request",
+            request_id="holder",
+            text=LONG_TEXT,
+            voice_id=voice,
+            quality="high",
+            speed=0.5,
+        )
         assert (await receive(ws))["message_type"] == "synthesis_start"
-        await send(ws, message_type="text_request", request_id="extra", text=TEXT,
-                   voice_id=voice)
+        await send(ws, message_type="text_request", request_id="extra", text=TEXT, voice_id=voice)
         refused = (await collect(ws, {"extra"}))["extra"]
         assert [frame["message_type"] for frame in refused] == ["error"]
         assert refused[0]["error_code"] == "BUSY"
         await send(ws, message_type="cancel", request_id="holder")
         await collect(ws, {"holder"})
-        await send(ws, message_type="text_request", request_id="later", text=TEXT,
-                   voice_id=voice)
+        await send(ws, message_type="text_request", request_id="later", text=TEXT, voice_id=voice)
         later = (await collect(ws, {"later"}))["later"]
         assert later[-1]["message_type"] == "synthesis_complete"
