@@ -178,6 +178,12 @@ class EventBus(Protocol):
     async def consume_renders(self, handler: RenderHandler, concurrency: int) -> None:
         """Run `handler` for queued renders, urgent first, until cancelled."""
 
+    async def subscribe_task_ended(
+        self, handler: TaskEndedHandler, *, name: str = "task-ended"
+    ) -> None:
+        """Call `handler(payload)` in the background for every task that ends; replicas
+        subscribing under one `name` share the work (each event is handled once)."""
+
 
 # --- synthesis -------------------------------------------------------------------------
 

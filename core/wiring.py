@@ -64,6 +64,7 @@ def _s3_blobs(url: str, settings: Settings) -> BlobStore:
         access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        timeout=settings.backend_timeout,
     )
 
 
@@ -89,6 +90,7 @@ def _nats_bus(url: str, settings: Settings, store: MetadataStore, **kw: Any) -> 
         store,
         max_deliver=settings.task_max_attempts,
         ack_wait=settings.task_lease_seconds,
+        timeout=settings.backend_timeout,
         **kw,
     )
 

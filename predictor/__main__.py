@@ -16,6 +16,7 @@ stored samples are read by key and extracted voice features persist across scale
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -41,20 +42,20 @@ def _parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--engine",
         choices=[choice.value for choice in EngineChoice],
         default=None,
-        help="auto = CosyVoice when its code and weights are present, else espeak "
-        "(default: $ENGINE or auto).",
+        help="auto = CosyVoice when its code and weights are present, else espeak; "
+        "unset = $ENGINE.",
     )
     parser.add_argument(
         "--slot",
         choices=[slot.value for slot in EngineSlot],
         default=None,
-        help="Model family: v3 = CosyVoice3, v2 = CosyVoice2 (default: from the model name).",
+        help="Model family: v3 = CosyVoice3, v2 = CosyVoice2; unset = from the model name.",
     )
     parser.add_argument(
         "--concurrency",
         type=int,
         default=None,
-        help="Syntheses run at once (default: $SYNTHESIS_CONCURRENCY).",
+        help="Syntheses run at once (the GPU's slots); unset = $SYNTHESIS_CONCURRENCY.",
     )
     # The model serves KServe's REST protocol only; gRPC stays off unless asked for.
     parser.set_defaults(model_name="cosyvoice3", enable_grpc=False)
@@ -132,7 +133,24 @@ def main() -> None:
         timeout_keep_alive=args.timeout_keep_alive,
         registered_models=repository,
     )
+    _apply_event_loop(args.event_loop)
     server.start([])
+
+
+def _apply_event_loop(choice: str) -> None:
+    """Honour KServe's `--event-loop`: its server runs uvicorn inside `asyncio.run()`,
+    where uvicorn's own loop selection never happens, so uvloop is installed here."""
+    if choice == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(f"{PROG}: --event-loop uvloop, but uvloop is not installed") from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # KServe asks for the current loop before it calls asyncio.run(); give it one.
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 if __name__ == "__main__":

@@ -53,8 +53,3 @@ class SseEncoder:
         text = _data_text(data)
         lines.extend(f"data: {line}" for line in _LINE_BREAK.split(text))
         return ("\n".join(lines) + "\n\n").encode("utf-8")
-
-    @staticmethod
-    def comment(text: str = "") -> bytes:
-        """A line clients ignore; keeps idle proxies from closing a quiet stream."""
-        return f": {_field_value('comment', text)}\n\n".encode()

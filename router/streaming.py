@@ -154,9 +154,10 @@ class _Lookahead:
             # The cancellation travels into the engine call and ends the generator.
             ahead.cancel()
             await asyncio.wait([ahead])
-        if ahead is not None and not ahead.cancelled():
-            ahead.exception()  # retrieved: a failure nobody waits for is not an error
-        await self._chunks.aclose()
+        if ahead is None or ahead.done():
+            if ahead is not None and not ahead.cancelled():
+                ahead.exception()  # retrieved: a failure nobody waits for is not an error
+            await self._chunks.aclose()
 
 
 class AudioStream:

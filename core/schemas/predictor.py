@@ -346,7 +346,9 @@ class FrameReader:
             end = FRAME_HEADER.size + length
             if len(self._buffer) < end:
                 break
-            frames.append(Frame(kind, sample_rate, bytes(self._buffer[FRAME_HEADER.size : end])))
+            with memoryview(self._buffer) as view:  # one copy of the payload, not two
+                payload = bytes(view[FRAME_HEADER.size : end])
+            frames.append(Frame(kind, sample_rate, payload))
             del self._buffer[:end]
         return frames
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, WebSocket
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from core.audio.stream import self_contained_chunk
@@ -27,6 +27,7 @@ from core.schemas.streaming import (
     ErrorMessage,
     PingMessage,
     PongMessage,
+    ServerMessage,
     StatusMessage,
     SynthesisCancelled,
     SynthesisComplete,
@@ -286,7 +287,7 @@ class StreamConnection:
 
     # --- sending ---------------------------------------------------------------------
 
-    async def _send(self, message: BaseModel) -> None:
+    async def _send(self, message: ServerMessage) -> None:
         text = message.model_dump_json()
         async with self._send_lock:
             try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from core.adapters.embedded.file_blobs import FileBlobStore
 from core.audio.decode import sha256_hex
 from core.schemas.predictor import AUDIO, END, Frame, FrameReader, pcm_to_samples
 from tests.conftest import MANDARIN_TRANSCRIPT
-from tests.e2e.profiles import PredictorProcess
+from tests.e2e.profiles import BIN, PredictorProcess
 
 pytestmark = pytest.mark.slow
 
@@ -325,3 +327,17 @@ def test_unspeakable_text_is_refused_before_the_stream_starts(
     response = predict(http, text="...", voice=voice, stream=True)
     assert response.status_code == 400
     assert "spoken" in response.json()["error"]
+
+
+def test_a_missing_engine_stops_the_predictor_with_the_reason(tmp_path: Path) -> None:
+    env = {**os.environ, "COSYVOICE_HOME": str(tmp_path / "no-checkout")}
+    result = subprocess.run(
+        [str(BIN / "cosyvoice-api"), "predictor", "--engine", "cosyvoice", "--http_port", "0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "CosyVoice engine for v3 unavailable" in result.stderr

@@ -76,13 +76,5 @@ def test_event_name_must_be_one_line() -> None:
         SseEncoder().event("bad\nname", {})
 
 
-def test_comment_is_ignored_by_parsers() -> None:
-    encoder = SseEncoder()
-    stream = SseEncoder.comment("keep-alive") + encoder.event("start", {})
-    events = parse(stream)
-    assert len(events) == 1
-    assert events[0]["event"] == "start"
-
-
 def test_ids_can_start_elsewhere() -> None:
     assert parse(SseEncoder(first_id=41).event("x", {}))[0]["id"] == "41"

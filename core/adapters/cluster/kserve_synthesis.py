@@ -97,6 +97,7 @@ class KServeSynthesis:
         self._ready: bool | None = None  # last known; None = never heard from it
         self._ready_at = 0.0
         self.detail: str | None = None  # why it is not ready, when known
+        self.warning: str | None = None  # the predictor's own, e.g. a fallback engine
 
     # --- SynthesisClient ----------------------------------------------------------------
 
@@ -312,6 +313,7 @@ class KServeSynthesis:
             return False
         self._info = metadata.engine.to_info()
         self._info_known = True
+        self.warning = metadata.warning
         self._mark(metadata.ready, metadata.load_error or (None if metadata.ready else "loading"))
         return metadata.ready
 
