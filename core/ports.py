@@ -9,7 +9,7 @@ Adapters translate their vendor's failures into `core.errors` at their own edge:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -261,5 +261,5 @@ class SynthesisClient(Protocol):
         """True when requests can be served. `deep=False` must not wake a scaled-to-zero
         predictor: it reports the last known state."""
 
-    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         """Chunks as the engine produces them; closing the iterator cancels the work."""

@@ -38,6 +38,8 @@ def _serve(argv: list[str]) -> None:
         log_level=level,
         timeout_graceful_shutdown=30,
         ws_ping_interval=20,
+        # Base64 audio barely compresses; deflating it costs more CPU than it saves.
+        ws_per_message_deflate=False,
     )
 
 

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -119,12 +119,12 @@ class EngineRunner:
 
     def synthesize(
         self, request: SynthesisRequest, clip_loader: ClipLoader
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         return self._run(request, clip_loader)
 
     async def _run(
         self, request: SynthesisRequest, clip_loader: ClipLoader
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         if not self.ready:
             raise EngineNotReady(self.load_error or "the engine is still loading")
         loop = asyncio.get_running_loop()

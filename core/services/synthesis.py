@@ -162,12 +162,17 @@ class SynthesisService:
         """Chunks at the request's sample rate, the first as soon as the engine has it."""
         client = await self.ensure_ready(version)
         target = request.sample_rate or self.sample_rate
-        async for chunk in client.synthesize(request):
-            samples = chunk.samples
-            if chunk.sample_rate != target:
-                samples = resample(samples, chunk.sample_rate, target)
-            if samples.size:
-                yield AudioChunk(samples=samples, sample_rate=target)
+        chunks = client.synthesize(request)
+        try:
+            async for chunk in chunks:
+                samples = chunk.samples
+                if chunk.sample_rate != target:
+                    samples = resample(samples, chunk.sample_rate, target)
+                if samples.size:
+                    yield AudioChunk(samples=samples, sample_rate=target)
+        finally:
+            # Closing the engine's iterator is what stops its work when we stop early.
+            await chunks.aclose()
 
     async def render_to_file(
         self,

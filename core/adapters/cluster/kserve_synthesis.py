@@ -27,7 +27,7 @@ import base64
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 import soundfile as sf
@@ -139,7 +139,7 @@ class KServeSynthesis:
             return await self._probe()
         return self._ready is not False
 
-    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         return self._synthesize(request)
 
     # --- synthesis ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ knows where a stored voice's sample is (the blob store) and how to decode it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ...audio.decode import decode_clip
 from ...engines.runner import EngineRunner
@@ -40,7 +40,7 @@ class InProcessSynthesis:
         # The engine is in this process: the shallow answer is already the true one.
         return self._runner.ready
 
-    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         voice = request.voice
 
         async def load_clip() -> Clip:
