@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import warnings
 
 from core.domain import EngineSlot
 from core.settings import EngineChoice
@@ -67,6 +68,9 @@ def slot_for(model_name: str) -> EngineSlot:
 
 
 def main() -> None:
+    # KServe answers with a response class FastAPI now deprecates: a warning per process
+    # that says nothing to whoever runs the predictor.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     from kserve import model_server
     from kserve.model_repository import ModelRepository
 

@@ -21,7 +21,7 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
 from core.audio.decode import decode_clip
 from core.errors import CosyVoiceError, InvalidInput
-from core.ports import AudioChunk, BlobStore, SynthesisRequest, VoicePrompt
+from core.ports import AudioChunk, BlobStore, Clip, SynthesisRequest, VoicePrompt
 from core.schemas.predictor import (
     EngineDescription,
     FeatureCacheStats,
@@ -143,6 +143,7 @@ class SynthesisModel(Model):
                 completed=runner.completed,
                 failed=runner.failed,
                 cancelled=runner.cancelled,
+                stuck=getattr(runner, "stuck", 0),
                 first_chunk_seconds=runner.first_chunk_seconds,
             ),
             feature_cache=FeatureCacheStats(
@@ -197,13 +198,8 @@ class SynthesisModel(Model):
 
     async def _request(self, instance: SynthesisInstance) -> SynthesisRequest:
         spec = instance.voice
-        clip = None
-        if spec.audio is not None:
-            try:
-                data = base64.b64decode(spec.audio, validate=True)
-            except (binascii.Error, ValueError):
-                raise KServeInvalidInput("voice.audio is not valid base64") from None
-            clip = await asyncio.to_thread(decode_clip, data)
+        # A clip of many seconds takes milliseconds to decode: off the event loop.
+        clip = None if spec.audio is None else await asyncio.to_thread(_inline_clip, spec.audio)
         voice = VoicePrompt(
             sha256=spec.sha256,
             clip=clip,
@@ -238,7 +234,7 @@ class SynthesisModel(Model):
         return PredictResponse(predictions=[prediction]).model_dump()
 
     async def _frames(
-        self, first: AudioChunk | None, chunks: AsyncIterator[AudioChunk], started: float
+        self, first: AudioChunk | None, chunks: AsyncGenerator[AudioChunk, None], started: float
     ) -> AsyncIterator[bytes]:
         """The stream body. Once it started, a client that leaves is noticed by the HTTP
         server, which cancels this generator; closing `chunks` stops the engine."""
@@ -269,6 +265,14 @@ class SynthesisModel(Model):
             yield error_frame(StreamError(type="SynthesisFailed", error=f"synthesis failed: {exc}"))
         finally:
             await chunks.aclose()
+
+
+def _inline_clip(audio: str) -> Clip:
+    try:
+        data = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise KServeInvalidInput("voice.audio is not valid base64") from None
+    return decode_clip(data)
 
 
 async def _collect(chunks: AsyncIterator[AudioChunk]) -> list[AudioChunk]:

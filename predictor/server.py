@@ -68,8 +68,7 @@ def install(app: FastAPI, model: SynthesisModel) -> None:
     app.add_exception_handler(CosyVoiceError, _platform_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.include_router(_metadata_router(model))
-    with contextlib.suppress(ValueError):  # already registered (a second install in tests)
-        REGISTRY.register(_Collector(model))
+    REGISTRY.register(_Collector(model))
 
 
 def _lifespan(previous: Any, model: SynthesisModel) -> Any:
@@ -89,10 +88,11 @@ def _lifespan(previous: Any, model: SynthesisModel) -> Any:
 
 
 async def _platform_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CosyVoiceError)
-    status = status_for(exc)
-    log.log(logging.WARNING if status >= 500 else logging.INFO, "%s: %s", status, exc.detail)
-    body = StreamError(type=wire_error_name(exc), error=exc.detail)
+    # Registered for CosyVoiceError only; Starlette types handlers by the base class.
+    error = exc if isinstance(exc, CosyVoiceError) else SynthesisFailed(str(exc))
+    status = status_for(error)
+    log.log(logging.WARNING if status >= 500 else logging.INFO, "%s: %s", status, error.detail)
+    body = StreamError(type=wire_error_name(error), error=error.detail)
     return JSONResponse(status_code=status, content=body.model_dump())
 
 
@@ -134,6 +134,7 @@ class _Collector:
             ("cosyvoice_synthesis_active", "Syntheses running now.", queue.active),
             ("cosyvoice_synthesis_queued", "Syntheses waiting for a slot.", queue.queued),
             ("cosyvoice_synthesis_slots", "Syntheses allowed at once.", queue.concurrency),
+            ("cosyvoice_synthesis_stuck", "Engine calls that ignored a stop.", queue.stuck),
             ("cosyvoice_model_ready", "1 when the engine is loaded.", int(meta.ready)),
         ):
             gauge = GaugeMetricFamily(metric, help_text, labels=labels)

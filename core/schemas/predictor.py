@@ -77,7 +77,8 @@ class VoiceSpec(BaseModel):
         pattern=SAMPLE_KEY_PATTERN,
         description="Blob store key of the stored sample, e.g. voices/<id>/sample.wav.",
     )
-    prompt_text: str | None = Field(None, max_length=2000, description="Transcript of the clip.")
+    # Sanity bounds only: the API validates the real limits before a request gets here.
+    prompt_text: str | None = Field(None, max_length=10_000, description="Transcript of the clip.")
     language: str | None = Field(None, max_length=16)
 
     @model_validator(mode="after")
@@ -100,7 +101,7 @@ class SynthesisInstance(BaseModel):
     text: str = Field(min_length=1)
     mode: SynthesisMode = SynthesisMode.cross_lingual
     voice: VoiceSpec
-    instruct_text: str | None = Field(None, max_length=500)
+    instruct_text: str | None = Field(None, max_length=2000)
     speed: float = Field(1.0, ge=0.5, le=2.0)
     language: str | None = Field(None, max_length=16)
     sample_rate: int | None = Field(
@@ -218,6 +219,7 @@ class SynthesisStats(BaseModel):
     completed: int
     failed: int
     cancelled: int
+    stuck: int = Field(0, description="Engine calls that ignored a stop (restart advisable).")
     first_chunk_seconds: float | None = Field(
         None, description="Smoothed time from request to first audio, seconds."
     )

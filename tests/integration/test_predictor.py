@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = "cosyvoice3"
 TEXT = "Hello there. This is the predictor speaking, in three short sentences. Goodbye."
-# About two minutes of speech: at 48 kHz, more audio than the socket buffers hold, so a
-# client that stops reading keeps its synthesis (and its slot) busy.
+# Minutes of speech at half speed: at 48 kHz far more audio (~50 MB) than socket buffers
+# hold, so a client that stops reading keeps its synthesis (and its slot) busy.
 OMIT = "<omit>"
 LONG_TEXT = ("A client that stops reading holds its stream open for a long while. " * 29).strip()
 
@@ -279,7 +279,13 @@ async def test_one_slot_queue_and_cancellation_on_disconnect(
     predictor: PredictorProcess, voice: dict
 ) -> None:
     url = f"/v1/models/{MODEL}:predict"
-    long_stream = {"text": LONG_TEXT, "voice": voice, "sample_rate": 48000, "stream": True}
+    long_stream = {
+        "text": LONG_TEXT,
+        "voice": voice,
+        "speed": 0.5,
+        "sample_rate": 48000,
+        "stream": True,
+    }
     short = {"text": "Waiting my turn.", "voice": voice}
     async with (
         httpx.AsyncClient(base_url=predictor.url, timeout=60) as watcher,

@@ -27,7 +27,7 @@ import base64
 import io
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 import soundfile as sf
@@ -144,7 +144,7 @@ class KServeSynthesis:
 
     # --- synthesis ----------------------------------------------------------------------
 
-    async def _synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    async def _synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         body = await self._body(request)
         response = await self._open(body)
         reader = FrameReader()
