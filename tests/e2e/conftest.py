@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -129,19 +130,34 @@ class ServerFactory:
         self.root = root
         self.profile_env = profile_env
         self.servers: list[ApiServer] = []
+        self.nats: dict[Path, Any] = {}
 
     def __call__(self, data_dir: Path | None = None, **overrides: str) -> ApiServer:
         """A started server; a fresh database/bucket unless `data_dir` reuses one."""
         data_dir = data_dir or self.root / uuid.uuid4().hex[:8]
         env = {**embedded_env(data_dir), **self.profile_env, **overrides}
         env.update(_isolated_names(self.profile_env, data_dir))
+        if self.profile_env.get("EVENT_BUS_URL", "").startswith("nats://"):
+            env["EVENT_BUS_URL"] = self._event_bus(data_dir)
         server = ApiServer(data_dir, env).start()
         self.servers.append(server)
         return server
 
+    def _event_bus(self, data_dir: Path) -> str:
+        """One NATS per data folder: servers with separate databases must not share a
+        stream (its consumers would take each other's renders), while a restarted
+        server finds its own queue again."""
+        from tests.servers import NatsServer
+
+        if data_dir not in self.nats:
+            self.nats[data_dir] = NatsServer(data_dir / "nats").start()
+        return self.nats[data_dir].url
+
     def close(self) -> None:
         for server in self.servers:
             server.stop()
+        for nats in self.nats.values():
+            nats.stop()
 
 
 def _isolated_names(profile_env: dict[str, str], data_dir: Path) -> dict[str, str]:
