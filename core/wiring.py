@@ -154,9 +154,7 @@ def build_synthesis_clients(
             warnings[slot] = None
             continue
         engine, warning = build_engine(settings, slot)
-        warnings[slot] = warning
-        if warning:
-            log.warning("%s: %s", slot.value, warning)
+        warnings[slot] = warning  # the registry has logged it
         kind = engine.info.engine
         if kind != "cosyvoice" and kind in shared:
             clients[slot] = shared[kind]

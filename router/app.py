@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import import_module
+from types import ModuleType
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,7 +15,17 @@ from core.settings import Settings
 from core.wiring import Runtime, build_runtime
 
 from .errors import install_error_handlers
-from .routes import health
+from .routes import (
+    async_compat,
+    audio,
+    health,
+    schedule,
+    streaming,
+    synthesis,
+    tasks,
+    voices,
+    ws,
+)
 from .uploads import UploadLimitMiddleware
 
 log = logging.getLogger("router")
@@ -31,15 +41,15 @@ Errors are always `{"detail": ...}`: 400 invalid parameters, 404 not found, 409 
 
 # Route modules and the versions that have them (API.md, "Versions").
 ALL = (ApiVersion.v1, ApiVersion.v2, ApiVersion.v3)
-ROUTE_MODULES: tuple[tuple[str, tuple[ApiVersion, ...]], ...] = (
-    ("voices", ALL),
-    ("synthesis", ALL),
-    ("tasks", ALL),
-    ("async_compat", (ApiVersion.v1, ApiVersion.v2)),
-    ("schedule", (ApiVersion.v3,)),
-    ("streaming", ALL),
-    ("ws", ALL),
-    ("audio", ALL),
+ROUTE_MODULES: tuple[tuple[ModuleType, tuple[ApiVersion, ...]], ...] = (
+    (voices, ALL),
+    (synthesis, ALL),
+    (tasks, ALL),
+    (async_compat, (ApiVersion.v1, ApiVersion.v2)),
+    (schedule, (ApiVersion.v3,)),
+    (streaming, ALL),
+    (ws, ALL),
+    (audio, ALL),
 )
 
 
@@ -49,13 +59,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        log.info(
-            "ready: v3=%s, v2=%s",
-            *(
-                runtime.synthesis_clients[slot].info.model
-                for slot in sorted(runtime.synthesis_clients, reverse=True)
-            ),
-        )
+        engines = {slot.value: c.info.model for slot, c in runtime.synthesis_clients.items()}
+        log.info("ready; engines: %s", engines)
         try:
             yield
         finally:
@@ -85,13 +90,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
 
     app.include_router(health.build_router())
-    for module_name, versions in ROUTE_MODULES:
-        try:
-            module = import_module(f"router.routes.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"router.routes.{module_name}":
-                raise
-            continue
+    for module, versions in ROUTE_MODULES:
         for version in versions:
             app.include_router(module.build_router(version), prefix=f"/api/{version.value}")
     return app
