@@ -48,7 +48,7 @@ async def engine_health(runtime: Runtime, slot: EngineSlot, deep: bool) -> Engin
         engine=info.engine,
         real_model=info.real_model,
         remote=bool(getattr(client, "remote", False)),
-        warning=runtime.engine_warnings.get(slot),
+        warning=runtime.engine_warnings.get(slot) or getattr(client, "warning", None),
         serves=SERVES[slot],
     )
 
