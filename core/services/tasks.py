@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -136,6 +136,12 @@ class NewTask:
     callback_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     priority: Priority = Priority.normal
+
+    @classmethod
+    def of(cls, body: object) -> NewTask:
+        """The spec carried by any task-creating request body (its fields of the same name)."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{name: getattr(body, name) for name in names if hasattr(body, name)})
 
 
 @dataclass(frozen=True)
@@ -471,16 +477,7 @@ class TaskService:
                     RenderRequest(task_id=existing.task_id, priority=existing.priority)
                 )
             return existing
-        new = NewTask(
-            text=spec.text,
-            voice_id=spec.voice_id,
-            format=spec.format,
-            speed=spec.speed,
-            instruct_text=spec.instruct_text,
-            callback_url=spec.callback_url,
-            metadata=spec.metadata,
-            priority=spec.priority,
-        )
+        new = NewTask.of(spec)
         try:
             return await self.schedule(spec.version, new, task_id=task_id)
         except (InvalidInput, NotFound) as exc:

@@ -41,14 +41,7 @@ def build_router(version: ApiVersion) -> APIRouter:
     async def create(body: AsyncCreateRequest, runtime: RuntimeDep) -> AsyncTaskCreated:
         task = await runtime.tasks.create(
             version,
-            NewTask(
-                text=body.text,
-                voice_id=body.voice_id,
-                format=body.format,
-                speed=body.speed,
-                instruct_text=body.instruct_text,
-                callback_url=body.callback_url,
-            ),
+            NewTask.of(body),
         )
         return AsyncTaskCreated(
             task_id=task.task_id,

@@ -24,9 +24,7 @@ def package_version() -> str:
         return "0+unknown"
 
 
-async def _probe(
-    name: str, backend: str, check: object, limit: float
-) -> tuple[str, ServiceHealth]:
+async def _probe(name: str, backend: str, check: object, limit: float) -> tuple[str, ServiceHealth]:
     try:
         await asyncio.wait_for(check(), limit)  # type: ignore[operator]
         return name, ServiceHealth(ok=True, backend=backend)

@@ -40,16 +40,7 @@ def build_router(version: ApiVersion) -> APIRouter:
     async def register(body: ScheduleRegisterRequest, runtime: RuntimeDep) -> ScheduleRegistered:
         task = await runtime.tasks.register(
             version,
-            NewTask(
-                text=body.text,
-                voice_id=body.voice_id,
-                format=body.format,
-                speed=body.speed,
-                instruct_text=body.instruct_text,
-                callback_url=body.callback_url,
-                metadata=body.metadata,
-                priority=body.priority,
-            ),
+            NewTask.of(body),
         )
         estimate = await runtime.tasks.queue_estimate(task)
         return ScheduleRegistered(

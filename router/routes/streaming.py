@@ -55,6 +55,13 @@ EVENT_STREAM = {
 STREAM_ERRORS = error_responses(400, 404, 503)
 
 
+VoiceIdForm = Annotated[str, Form(min_length=1, max_length=64)]
+FormatForm = Annotated[str, Form(description=FORMAT_HELP)]
+SpeedForm = Annotated[float, Form(ge=0.5, le=2.0)]
+QualityForm = Annotated[StreamQuality, Form(description=QUALITY_HELP)]
+InstructForm = Annotated[str | None, Form(max_length=500)]
+
+
 def build_router(version: ApiVersion) -> APIRouter:
     router = APIRouter(prefix="/streaming", tags=[f"{version.value} streaming"])
 
@@ -108,15 +115,15 @@ def build_router(version: ApiVersion) -> APIRouter:
     async def stream_cross_lingual(
         runtime: RuntimeDep,
         text: Annotated[str, Form()],
-        voice_id: Annotated[str, Form(min_length=1, max_length=64)],
-        format: Annotated[str, Form(description=FORMAT_HELP)] = "wav",
-        speed: Annotated[float, Form(ge=0.5, le=2.0)] = 1.0,
-        quality: Annotated[StreamQuality, Form(description=QUALITY_HELP)] = StreamQuality.medium,
+        voice_id: VoiceIdForm,
+        format: FormatForm = "wav",
+        speed: SpeedForm = 1.0,
+        quality: QualityForm = StreamQuality.medium,
         chunk_size: Annotated[
             int,
             Form(ge=CHUNK_SIZE_MIN, le=CHUNK_SIZE_MAX, description="Most bytes per HTTP chunk"),
         ] = CHUNK_SIZE_DEFAULT,
-        instruct_text: Annotated[str | None, Form(max_length=500)] = None,
+        instruct_text: InstructForm = None,
     ) -> AudioStreamResponse:
         return await chunked(
             runtime, text, voice_id, format, speed, quality, chunk_size, instruct_text
@@ -131,11 +138,11 @@ def build_router(version: ApiVersion) -> APIRouter:
     async def stream_cross_lingual_chunked(
         runtime: RuntimeDep,
         text: Annotated[str, Form()],
-        voice_id: Annotated[str, Form(min_length=1, max_length=64)],
-        format: Annotated[str, Form(description=FORMAT_HELP)] = "wav",
-        speed: Annotated[float, Form(ge=0.5, le=2.0)] = 1.0,
-        quality: Annotated[StreamQuality, Form(description=QUALITY_HELP)] = StreamQuality.medium,
-        instruct_text: Annotated[str | None, Form(max_length=500)] = None,
+        voice_id: VoiceIdForm,
+        format: FormatForm = "wav",
+        speed: SpeedForm = 1.0,
+        quality: QualityForm = StreamQuality.medium,
+        instruct_text: InstructForm = None,
     ) -> AudioStreamResponse:
         return await chunked(
             runtime, text, voice_id, format, speed, quality, CHUNK_SIZE_DEFAULT, instruct_text

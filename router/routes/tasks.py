@@ -36,15 +36,7 @@ def build_router(version: ApiVersion) -> APIRouter:
     async def create_task(body: TaskCreateRequest, runtime: RuntimeDep) -> TaskCreated:
         task = await runtime.tasks.create(
             version,
-            NewTask(
-                text=body.text,
-                voice_id=body.voice_id,
-                format=body.format,
-                speed=body.speed,
-                instruct_text=body.instruct_text,
-                callback_url=body.callback_url,
-                metadata=body.metadata,
-            ),
+            NewTask.of(body),
         )
         estimate = await runtime.tasks.queue_estimate(task)
         return TaskCreated(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ import httpx
 import pytest
 
 from tests.conftest import TESTDATA
+from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
 PROFILE = os.environ.get("COSYVOICE_TEST_PROFILE", "embedded")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -112,7 +106,7 @@ def profile_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     if PROFILE == "embedded":
         yield {}
     elif PROFILE == "cluster":
-        from tests.e2e.cluster import cluster_profile
+        from tests.e2e.profiles import cluster_profile
 
         with cluster_profile(tmp_path_factory.mktemp("cluster")) as env:
             yield env

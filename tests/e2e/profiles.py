@@ -1,5 +1,9 @@
 """What stands behind the API in the non-embedded test profiles.
 
+`cluster_profile` starts one MongoDB-, S3- and NATS-speaking server each for the whole
+session; every API server gets its own database and bucket (see `ServerFactory`), and its
+own NATS (so servers with separate databases never take each other's renders).
+
 `predictor_profile` runs the engines the way a cluster does: each model in its own
 `cosyvoice-api predictor` process (a real KServe model server, development engine),
 called over HTTP by every API server of the session, with one blob store shared by all
@@ -11,22 +15,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
+from tests.servers import MongoServer, NatsServer, S3Server, free_port
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PredictorProcess:
@@ -138,3 +138,25 @@ def predictor_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
     finally:
         for predictor in predictors.values():
             predictor.stop()
+
+
+@contextlib.contextmanager
+def cluster_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
+    with ExitStack() as stack:
+        mongo = stack.enter_context(MongoServer(_folder(tmp_dir, "mongo")))
+        s3 = stack.enter_context(S3Server(_folder(tmp_dir, "s3")))
+        nats = stack.enter_context(NatsServer(_folder(tmp_dir, "nats")))
+        yield {
+            "DATABASE_URL": f"{mongo.url}/cosyvoice",
+            "BLOB_STORE_URL": f"{s3.url}/cosyvoice",
+            "AWS_ACCESS_KEY_ID": S3Server.access_key,
+            "AWS_SECRET_ACCESS_KEY": S3Server.secret_key,
+            "AWS_REGION": S3Server.region,
+            "EVENT_BUS_URL": nats.url,
+        }
+
+
+def _folder(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -25,8 +25,8 @@ import pytest
 from core.services.webhooks import verify
 from tests.audio_checks import assert_speech
 from tests.conftest import TESTDATA
-from tests.e2e.conftest import BIN, ApiServer, create_voice, embedded_env, free_port, wait_http
-from tests.servers import NatsServer
+from tests.e2e.conftest import BIN, ApiServer, create_voice, embedded_env, wait_http
+from tests.servers import NatsServer, free_port
 
 SECRET = "functions-test-secret"
 

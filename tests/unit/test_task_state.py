@@ -352,7 +352,8 @@ async def test_submission_is_idempotent(rig: Rig) -> None:
     again = await rig.tasks.submit("evt-1", spec)
     assert first is not None and again is not None
     assert first.task_id == again.task_id
-    assert first.priority is Priority.high and first.status is S.scheduled and first.kind is TaskKind.scheduled
+    assert first.priority is Priority.high and first.status is S.scheduled
+    assert first.kind is TaskKind.scheduled
     refused = await rig.tasks.submit("evt-2", {"text": "Hi.", "voice_id": "missing"})
     assert refused is not None and refused.status is S.failed
     assert "not found" in (refused.error_message or "")
