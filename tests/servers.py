@@ -45,11 +45,14 @@ class ServerProcess:
     name = "server"
     start_timeout = 60.0
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / f"{self.name}.log"
+        self.log_path = data_dir / f"{self.name}-{self.port}.log"
 
     # what each server adds
     def command(self) -> list[str]:
@@ -67,6 +70,10 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         if self.running:
             return self
+        return self.launch().wait_until_ready()
+
+    def launch(self) -> ServerProcess:
+        """Start without waiting (several servers then boot side by side)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -75,25 +82,28 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
-        self._wait_until_ready()
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal the process and wait for it; returns its exit status."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
+        if proc is None:
+            return None
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.send_signal(sig)
         try:
-            proc.wait(timeout)
+            code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(10)
+            code = proc.wait(10)
         # the port is free once nothing accepts on it any more
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._accepts():
             time.sleep(0.05)
+        return code
 
     def restart(self) -> ServerProcess:
         self.stop()
@@ -102,6 +112,9 @@ class ServerProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_tail(5000)
 
     def log_tail(self, size: int = 4000) -> str:
         if not self.log_path.exists():
@@ -115,7 +128,7 @@ class ServerProcess:
         except OSError:
             return False
 
-    def _wait_until_ready(self) -> None:
+    def wait_until_ready(self) -> ServerProcess:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -124,7 +137,7 @@ class ServerProcess:
                 )
             try:
                 if self.ready():
-                    return
+                    return self
             except OSError:
                 pass
             time.sleep(0.1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -211,8 +211,6 @@ class SynthesisService:
 
 
 def _with_text(request: SynthesisRequest, text: str) -> SynthesisRequest:
-    from dataclasses import replace
-
     return replace(request, text=text)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..audio.decode import DecodedUpload, decode_upload, sha256_hex
 from ..audio.encode import CONTENT_TYPES
 from ..domain import AudioFormat, Voice, VoiceStats, VoiceType, sample_key, utcnow
-from ..errors import CosyVoiceError, InvalidInput
+from ..errors import CosyVoiceError, InvalidInput, VoiceAlreadyExists, VoiceNotFound
 from ..ports import BlobStore, MetadataStore
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,6 @@ class VoiceService:
         return await self._store.voice_stats()
 
     async def _raise_if_exists(self, voice_id: str) -> None:
-        from ..errors import VoiceAlreadyExists, VoiceNotFound
-
         try:
             await self._store.get_voice(voice_id)
         except VoiceNotFound:

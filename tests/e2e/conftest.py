@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import TESTDATA
-from tests.servers import free_port
+from tests.servers import ServerProcess
 
 BIN = Path(sys.executable).parent
 PROFILE = os.environ.get("COSYVOICE_TEST_PROFILE", "embedded")
@@ -42,49 +42,37 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-class ApiServer:
+class ApiServer(ServerProcess):
     """`cosyvoice-api serve` in a subprocess, on a free port, in its own data folder."""
 
+    name = "server"
+    start_timeout = 90.0
+
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.data_dir = data_dir
-        self.env = env
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = data_dir / f"server-{self.port}.log"
+        super().__init__(data_dir, env=env)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> ApiServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "cosyvoice-api"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=self.data_dir,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def command(self) -> list[str]:
+        return [
+            str(BIN / "cosyvoice-api"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+
+    def ready(self) -> bool:
         try:
-            wait_http(f"{self.url}/health", timeout, self.proc)
-        except Exception:
-            self.stop(signal.SIGKILL)
-            raise RuntimeError(f"server failed to start:\n{self.log()}") from None
-        return self
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+        return super().stop(sig, timeout)
 
 
 def embedded_env(data_dir: Path) -> dict[str, str]:

@@ -13,24 +13,24 @@ of them — the predictors read stored samples by key and persist voice features
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-from tests.servers import MongoServer, NatsServer, S3Server, free_port
+from tests.servers import MongoServer, NatsServer, S3Server, ServerProcess
 
 BIN = Path(sys.executable).parent
 
 
-class PredictorProcess:
-    """`cosyvoice-api predictor` in a subprocess, on a free port."""
+class PredictorProcess(ServerProcess):
+    """`cosyvoice-api predictor` in a subprocess, on a free port; ready once the model is."""
+
+    name = "predictor"
+    start_timeout = 120.0
 
     def __init__(
         self,
@@ -42,78 +42,41 @@ class PredictorProcess:
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
+        super().__init__(work_dir, port, env)
         self.model_name = model_name
-        self.work_dir = work_dir
-        self.env = env or {}
         self.engine = engine
-        self.port = port or free_port()
         self.extra_args = extra_args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = work_dir / f"predictor-{model_name}-{self.port}.log"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120) -> PredictorProcess:
-        """Start and wait until the model reports ready (engine loaded)."""
-        return self.launch().ready(timeout)
+    def command(self) -> list[str]:
+        return [
+            str(BIN / "cosyvoice-api"),
+            "predictor",
+            "--model-name",
+            self.model_name,
+            "--engine",
+            self.engine,
+            "--http_port",
+            str(self.port),
+            *self.extra_args,
+        ]
 
-    def launch(self) -> PredictorProcess:
-        """Start without waiting (several predictors then load side by side)."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "cosyvoice-api"),
-                    "predictor",
-                    "--model-name",
-                    self.model_name,
-                    "--engine",
-                    self.engine,
-                    "--http_port",
-                    str(self.port),
-                    *self.extra_args,
-                ],
-                cwd=self.work_dir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def ready(self, timeout: float = 120) -> PredictorProcess:
+    def ready(self) -> bool:
         try:
-            self._wait_ready(timeout)
-        except Exception:
-            self.stop(signal.SIGKILL)
-            raise RuntimeError(f"predictor failed to start:\n{self.log()}") from None
-        return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        ready_url = f"{self.url}/v1/models/{self.model_name}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"predictor exited with {self.proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"{ready_url} not ready within {timeout}s")
+            reply = httpx.get(f"{self.url}/v1/models/{self.model_name}", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return reply.status_code == 200
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+        return super().stop(sig, timeout)
 
 
 @contextlib.contextmanager
@@ -129,7 +92,7 @@ def predictor_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
         for predictor in predictors.values():
             predictor.launch()
         for predictor in predictors.values():
-            predictor.ready()
+            predictor.wait_until_ready()
         yield {
             "BLOB_STORE_URL": blob_url,
             **{f"PREDICTOR_URL_{slot}": p.url for slot, p in predictors.items()},

@@ -23,7 +23,8 @@ from core.domain import SynthesisMode
 from core.errors import BackendUnavailable, InvalidInput, SynthesisFailed
 from core.ports import AudioChunk, SynthesisClient, SynthesisRequest, VoicePrompt
 from tests.conftest import MANDARIN_TRANSCRIPT
-from tests.e2e.profiles import PredictorProcess, free_port
+from tests.e2e.profiles import PredictorProcess
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
