@@ -3,8 +3,8 @@
 The example is run as written, inside an async function (it uses top-level awaits),
 with `audioFile` a Blob of the English test clip, the server's address in place of
 localhost:8012 and a fresh voice id in place of `my_voice`. Its WebSocket part needs a
-global WebSocket, which node has from version 22 on: on an older node that part is
-skipped with the reason, and nothing is installed to stand in for it.
+global WebSocket, which node has from version 22 on and node 20/21 behind
+`--experimental-websocket`; on a node with neither that part is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ def javascript_example() -> tuple[str, str]:
     return example[:split], example[split:]
 
 
-def node_has_websocket() -> bool:
+def websocket_flags() -> list[str] | None:
+    """The node flags that give it a global WebSocket (node 22+: none; 20/21: a flag)."""
     assert NODE is not None
-    done = subprocess.run(
-        [NODE, "-e", "process.exit(typeof WebSocket === 'undefined' ? 1 : 0)"], timeout=30
-    )
-    return done.returncode == 0
+    for flags in ([], ["--experimental-websocket"]):
+        done = subprocess.run(
+            [NODE, *flags, "-e", "process.exit(typeof WebSocket === 'undefined' ? 1 : 0)"],
+            capture_output=True,
+            timeout=30,
+        )
+        if done.returncode == 0:
+            return flags
+    return None
 
 
 def script(http_part: str, ws_part: str, server: ApiServer, voice_id: str) -> str:
@@ -101,12 +107,16 @@ main().then(
     )
 
 
-def run_node(code: str, tmp_path: Path) -> dict:
+def run_node(code: str, tmp_path: Path, flags: list[str] | None = None) -> dict:
     assert NODE is not None
     path = tmp_path / "example.cjs"
     path.write_text(code)
     done = subprocess.run(
-        [NODE, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [NODE, *(flags or []), str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr + done.stdout
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -126,14 +136,12 @@ def test_javascript_example_creates_a_voice_and_synthesizes(
 
 
 def test_javascript_example_websocket_part(server: ApiServer, tmp_path: Path) -> None:
-    if not node_has_websocket():
-        pytest.skip(
-            "this node has no global WebSocket (node 22+ has one); the example's WebSocket "
-            "part runs in browsers and newer node, and nothing is installed to stand in"
-        )
+    flags = websocket_flags()
+    if flags is None:
+        pytest.skip("this node has no WebSocket, not even behind --experimental-websocket")
     http_part, ws_part = javascript_example()
     voice_id = f"seed_js_{uuid.uuid4().hex[:8]}"
-    report = run_node(script(http_part, ws_part, server, voice_id), tmp_path)
+    report = run_node(script(http_part, ws_part, server, voice_id), tmp_path, flags)
     assert report["voice_status"] == 201
     frames = report["ws_frames"]
     assert frames[0] == "status"
