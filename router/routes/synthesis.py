@@ -25,7 +25,7 @@ from core.wiring import Runtime
 
 from ..deps import RuntimeDep
 from ..errors import error_responses
-from ..streaming import audio_stream_response
+from ..streaming import audio_stream_response, stream_registry
 
 MODEL_LABEL = {
     ApiVersion.v1: "CosyVoice2",
@@ -181,7 +181,6 @@ def build_router(version: ApiVersion) -> APIRouter:
         client = runtime.synthesis.client(version)
         info = client.info
         real = info.real_model
-        latency = getattr(client, "first_chunk_ms", None)
         return Capabilities(
             version=version.value,
             model=info.model,
@@ -193,7 +192,7 @@ def build_router(version: ApiVersion) -> APIRouter:
                 chinese_dialects=list(info.chinese_dialects),
                 instruct_support=info.instruct_support and version is ApiVersion.v3,
                 phoneme_support=PhonemeSupport(chinese_pinyin=real, english_cmu=real),
-                streaming=StreamingSupport(latency_ms=latency() if callable(latency) else None),
+                streaming=StreamingSupport(latency_ms=stream_registry(runtime).latency_ms),
                 modes=["zero_shot", "cross_lingual"]
                 + (["instruct"] if version is ApiVersion.v3 else []),
                 max_text_length=runtime.settings.max_text_length,
