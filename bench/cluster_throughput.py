@@ -15,19 +15,22 @@ folder and measures, in one run:
   API clients would) while the worker renders with WORKER_CONCURRENCY = `concurrency`;
   the clock runs from the first register to the last completion. Every task must end
   `completed` with its object stored, or the run fails.
-- the ceiling: the operations one render needs, sent straight to the servers with their
-  clients (PyMongo async, minio, nats-py), with no platform code in between, at the
-  better of one at a time and `concurrency` at once (the stand-in repository does best
-  serially, so a fixed concurrency would flatter the platform): the repository writes (register insert, render pending → scheduled, claim
-  CAS, one progress update, complete CAS: see core/services/tasks.py and worker.py), one
-  object put of the size a render stores, and one JetStream publish awaiting its ack.
-  Each server's ceiling alone is shown, and then all three together, one render's
-  operations in sequence, which is the limit the test servers impose on the platform.
+- the ceiling: the operations one render needs, sent straight to each server with its
+  client (PyMongo async, minio, nats-py) and no platform code in between: the
+  repository writes (register insert, render pending → scheduled, claim CAS, one
+  progress update, complete CAS: see core/services/tasks.py and worker.py), one object
+  put of the size a render stores, one JetStream publish awaiting its ack. Each server
+  is timed alone, at the better of one render at a time and `concurrency` at once (the
+  stand-in repository does best serially), on a fresh database warmed like the
+  platform's (the stand-in slows down as a collection grows). The platform talks to the
+  three servers at once, so the slowest of them is the limit they impose: the ceiling.
 
 The platform's own reads (the voice and the task, looked up around each step) and its
 extra bus traffic (consuming the render request, announcing the end) are not in the
-ceiling: they are part of what the ratio measures. The stand-ins are much slower than
-MongoDB, MinIO and NATS themselves (DESIGN.md), so only the ratio carries over.
+ceiling: they are part of what the ratio measures. Urgent renders are timed too: render
+requests of each priority wait on their own consumer, and the gap between the two rows
+is what reaching a lower priority costs. The stand-ins are much slower than MongoDB,
+MinIO and NATS themselves (DESIGN.md), so only the ratio carries over.
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from core.wiring import Runtime
 
 TEXT = "Task {n}."
 TARGET = 0.70
@@ -90,7 +97,7 @@ async def in_parallel(count: int, concurrency: int, one: Callable[[int], Awaitab
 # --- the platform ------------------------------------------------------------------------
 
 
-def build_noop_runtime(settings: Any) -> Any:
+def build_noop_runtime(settings: Settings) -> Runtime:
     """`core.wiring.build_runtime` with the no-op engine serving every API version."""
     from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
     from core.domain import EngineSlot
@@ -109,7 +116,7 @@ def build_noop_runtime(settings: Any) -> Any:
 
     store = build_metadata_store(settings)
     blobs = build_blob_store(settings)
-    runtime: Runtime | None = None
+    runtime: Runtime | None = None  # the bus needs its dead-letter callback first
 
     async def dead_letter(task_id: str, reason: str) -> None:
         assert runtime is not None
@@ -353,18 +360,16 @@ class RawNats:
 async def ceilings(
     servers: Servers, output_size: int, count: int, concurrency: int, warmup: int
 ) -> list[Measured]:
-    """Renders/s each server allows alone, then all three together.
-
-    Each is the better of one render at a time and `concurrency` at once (the stand-in
-    repository does best serially), each on a fresh database warmed like the platform's.
-    """
+    """Renders/s each server allows alone for one render's operations on it."""
     s3 = RawS3(servers.s3_endpoint, "ceiling", output_size)
     bus = RawNats(servers.event_bus_url)
     await s3.start()
     await bus.start()
     databases = itertools.count()
 
-    async def best(name: str, make: Callable[[RawMongo], Callable[[int], Awaitable[None]]]):
+    async def best(
+        name: str, make: Callable[[RawMongo], Callable[[int], Awaitable[None]]]
+    ) -> Measured:
         runs = []
         for lanes in sorted({1, concurrency}):
             mongo = RawMongo(f"{servers.database_url}_ceiling_{next(databases)}")
@@ -377,20 +382,11 @@ async def ceilings(
                 await mongo.close()
         return max(runs, key=lambda run: run.rate)
 
-    def everything(mongo: RawMongo) -> Callable[[int], Awaitable[None]]:
-        async def one(n: int) -> None:
-            await mongo.render_writes(n)
-            await s3.put(n)
-            await bus.publish(n)
-
-        return one
-
     try:
         return [
             await best("repository: insert + 4 CAS writes", lambda mongo: mongo.render_writes),
             await best(f"object store: 1 put of {output_size / 1024:.1f} KiB", lambda _: s3.put),
             await best("event bus: 1 publish + ack", lambda _: bus.publish),
-            await best("ceiling: all three, one render's operations", everything),
         ]
     finally:
         await bus.close()
@@ -412,17 +408,23 @@ async def measure(
 
 
 def report(platform: list[Measured], limits: list[Measured], concurrency: int) -> float:
-    """Print the table; the ratio of the default priority's rate to the ceiling."""
-    ceiling = limits[-1]
+    """Print the table; return the default priority's rate as a share of the ceiling."""
+    ceiling = min(limits, key=lambda row: row.rate)
     print(f"\nscheduled renders through the cluster profile, no-op engine, {ceiling.renders}")
     print(f"renders, {concurrency} at once (test servers: secantus, moto, nats-server)")
-    print(f"{'path':<48}{'at once':>8}{'renders/s':>11}{'ms/render':>11}{'of ceiling':>12}")
+    print(f"{'path':<44}{'at once':>8}{'renders/s':>11}{'ms/render':>11}{'of ceiling':>12}")
     for row in [*platform, *limits]:
-        share = f"{row.rate / ceiling.rate:.0%}" if row in platform or row is ceiling else ""
-        print(f"{row.name:<48}{row.lanes:>8}{row.rate:>11.1f}{1e3 / row.rate:>11.1f}{share:>12}")
+        print(
+            f"{row.name:<44}{row.lanes:>8}{row.rate:>11.1f}{1e3 / row.rate:>11.1f}"
+            f"{row.rate / ceiling.rate:>12.0%}"
+        )
     ratio = platform[0].rate / ceiling.rate
     verdict = "meets" if ratio >= TARGET else "misses"
-    print(f"\n{platform[0].name} / ceiling = {ratio:.0%}: {verdict} the target of {TARGET:.0%}")
+    print(
+        f"\nceiling = the slowest server alone ({ceiling.name.split(':')[0]}): "
+        f"{ceiling.rate:.1f} renders/s"
+    )
+    print(f"{platform[0].name} / ceiling = {ratio:.0%}: {verdict} the target of {TARGET:.0%}")
     return ratio
 
 
