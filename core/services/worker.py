@@ -32,7 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..domain import QUEUED_STATUSES, Task, TaskStatus, output_key, utcnow
-from ..errors import CosyVoiceError, NotFound, TaskNotFound, Unavailable
+from ..errors import CosyVoiceError, NotFound, SynthesisFailed, TaskNotFound, Unavailable
 from ..ports import BlobStore, EventBus, MetadataStore, RenderRequest
 from .synthesis import RenderResult, SynthesisService
 from .tasks import TaskService, ending_changes, queued_status
@@ -202,7 +202,7 @@ class RenderWorker:
         except asyncio.CancelledError:
             await asyncio.shield(self._release(task))
             raise
-        except Unavailable as exc:
+        except (Unavailable, SynthesisFailed) as exc:
             await self._retry_later(task, exc)
         except CosyVoiceError as exc:
             await self._finish_failed(task, exc.detail)
@@ -276,10 +276,13 @@ class RenderWorker:
         await self._tasks.announce(failed)
 
     async def _retry_later(self, task: Task, exc: CosyVoiceError) -> None:
-        """A backing service is down: requeue (while attempts remain) and let the bus retry."""
+        """A render that may succeed later (a backend down, the engine failing): requeue
+        while attempts remain and let the bus deliver it again. On the last attempt the
+        task fails with the reason, and the error still goes back to the bus, which moves
+        the event to its dead-letter subject."""
         if task.attempts >= self._max_attempts:
             await self._finish_failed(task, exc.detail)
-            return
+            raise exc
         log.warning("task %s: %s; it goes back to the queue", task.task_id, exc.detail)
         await self._release(task, count_attempt=True)
         await asyncio.sleep(self._retry_pause)

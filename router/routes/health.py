@@ -59,7 +59,8 @@ def build_router() -> APIRouter:
         runtime: RuntimeDep,
         deep: bool = Query(False, description="Also wake and probe remote predictors"),
     ) -> Health:
-        timeout = runtime.settings.backend_timeout
+        # A little longer than the adapters' own time-outs, so they can say why.
+        timeout = runtime.settings.backend_timeout + 1.0
         settings = runtime.settings
         probes = await asyncio.gather(
             _probe("database", scheme(settings.database_url), runtime.store.ping, timeout),

@@ -273,11 +273,6 @@ MAX_ATTEMPTS = 2
 DLQ_WITHIN = 15.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RenderWorker._render turns SynthesisFailed into a failed task at the first "
-    "attempt and returns, so the bus acks the render and never dead-letters it",
-)
 async def test_a_render_that_always_fails_is_dead_lettered_and_the_task_failed(
     cluster: Cluster,
 ) -> None:

@@ -295,14 +295,21 @@ async def test_cancel_during_render_discards_the_output(rig: Rig) -> None:
     assert output_files(rig) == []
 
 
-async def test_engine_error_fails_the_task(rig: Rig) -> None:
+async def test_engine_error_is_retried_then_fails_the_task(rig: Rig) -> None:
     rig.synthesis.error = SynthesisFailed("the engine produced no audio")
     await rig.store.create_task(make_task("t3", S.registered))
-    await rig.worker().handle(RenderRequest("t3"))
+    worker = rig.worker(max_attempts=2, retry_pause=0)
+    with pytest.raises(SynthesisFailed):  # back to the bus: deliver it again
+        await worker.handle(RenderRequest("t3"))
+    retried = await rig.store.get_task("t3")
+    assert retried.status is S.registered and retried.attempts == 1
+    with pytest.raises(SynthesisFailed):  # last attempt: failed, and the bus dead-letters it
+        await worker.handle(RenderRequest("t3"))
     failed = await rig.store.get_task("t3")
     assert failed.status is S.failed
     assert failed.error_message == "the engine produced no audio"
     assert failed.completed_at is not None
+    await worker.handle(RenderRequest("t3"))  # a late redelivery finds nothing to do
 
 
 async def test_stop_releases_unfinished_renders(rig: Rig) -> None:

@@ -55,7 +55,9 @@ def _database_errors() -> Iterator[None]:
     try:
         yield
     except (ConnectionFailure, ExecutionTimeout) as exc:
-        raise BackendUnavailable(f"database unavailable: {exc}") from exc
+        # The driver's message carries its whole topology description: keep the first line.
+        summary = str(exc).split(", Timeout:")[0].split("\n")[0][:200]
+        raise BackendUnavailable(f"database unavailable: {summary}") from exc
 
 
 def _bson(value: Any) -> Any:

@@ -372,19 +372,46 @@ class NatsEventBus:
     async def _next_message(
         self, subscriptions: Sequence[JetStreamContext.PullSubscription]
     ) -> Msg:
-        """The next message of the first subscription that has one (highest first)."""
+        """The next message of the first subscription that has one (highest first).
+
+        With several consumers, each is first asked how many messages it holds, in
+        priority order, and the fetch goes to the first with work: a normal render never
+        waits for the empty urgent and high consumers to time out. Redeliveries waiting
+        out their backoff are not counted there, so when every count is zero the
+        consumers are polled in order as well.
+        """
         timeout = self._poll_interval if len(subscriptions) > 1 else _IDLE_FETCH_TIMEOUT
         while True:
-            for subscription in subscriptions:
-                try:
-                    (msg,) = await subscription.fetch(1, timeout=timeout)
-                    return msg
-                except nats.errors.TimeoutError:
-                    continue
-                except nats.errors.Error as exc:  # reconnecting, JetStream not ready yet
-                    log.debug("waiting for the event bus: %r", exc)
-                    await asyncio.sleep(_OUTAGE_PAUSE)
-                    break
+            try:
+                if len(subscriptions) > 1:
+                    for subscription in await self._with_pending(subscriptions):
+                        msg = await self._fetch_one(subscription, timeout)
+                        if msg is not None:
+                            return msg
+                for subscription in subscriptions:
+                    msg = await self._fetch_one(subscription, timeout)
+                    if msg is not None:
+                        return msg
+            except nats.errors.Error as exc:  # reconnecting, JetStream not ready yet
+                log.debug("waiting for the event bus: %r", exc)
+                await asyncio.sleep(_OUTAGE_PAUSE)
+
+    @staticmethod
+    async def _with_pending(
+        subscriptions: Sequence[JetStreamContext.PullSubscription],
+    ) -> list[JetStreamContext.PullSubscription]:
+        infos = await asyncio.gather(*(s.consumer_info() for s in subscriptions))
+        return [s for s, info in zip(subscriptions, infos, strict=True) if info.num_pending]
+
+    @staticmethod
+    async def _fetch_one(
+        subscription: JetStreamContext.PullSubscription, wait: float
+    ) -> Msg | None:
+        try:
+            (msg,) = await subscription.fetch(1, timeout=wait)
+        except nats.errors.TimeoutError:
+            return None
+        return msg
 
     # --- message handling ----------------------------------------------------------
 
