@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from core.wiring import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain `def` dependency in a thread pool, a hop
+    # every request would pay for nothing.
     return request.app.state.runtime
 
 

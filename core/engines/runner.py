@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -276,7 +277,6 @@ class _Call:
         self.finished = threading.Event()
         self.abandoned = False
         self.watchdog: asyncio.TimerHandle | None = None
-        self.thread: threading.Thread | None = None
 
     def start(
         self,
@@ -284,15 +284,7 @@ class _Call:
         request: EngineRequest,
         on_exit: Callable[[], None],
     ) -> None:
-        # A thread per call rather than a pool: a call stuck inside upstream code must
-        # not hold a pool worker that later calls would queue behind.
-        self.thread = threading.Thread(
-            target=self._main,
-            args=(synthesize, request, on_exit),
-            name=f"engine-call-{self.number}",
-            daemon=True,
-        )
-        self.thread.start()
+        _ENGINE_THREADS.run(lambda: self._main(synthesize, request, on_exit))
 
     def _main(
         self,
@@ -434,3 +426,44 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *a
     # The loop may be closed when a worker thread finishes during shutdown.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback, *args)
+
+
+class _EngineThreads:
+    """Engine threads, reused from call to call.
+
+    Starting a thread blocks the event loop until the new thread runs, which on a busy
+    machine costs as much as a short synthesis; a finished thread waits for the next call
+    instead. A thread stuck inside engine code never finishes its job, so it is never
+    handed another one: later calls get a fresh thread rather than queueing behind it.
+    """
+
+    def __init__(self) -> None:
+        self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+            if inbox is None:
+                self._count += 1
+                number = self._count
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(
+                target=self._serve, args=(inbox,), name=f"engine-{number}", daemon=True
+            ).start()
+        inbox.put(job)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            job = inbox.get()
+            try:
+                job()
+            except BaseException:  # a job reports its own errors; the thread lives on
+                logger.exception("engine thread job failed")
+            with self._lock:
+                self._idle.append(inbox)
+
+
+_ENGINE_THREADS = _EngineThreads()
