@@ -1,0 +1,70 @@
+"""The README's first curl and Python examples work against a running server."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.audio_checks import assert_speech
+from tests.conftest import REPO_ROOT, TESTDATA
+from tests.e2e.conftest import ApiServer
+
+
+def readme_block(language: str, index: int = 0) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+    return blocks[index]
+
+
+def in_folder_with_sample(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy(TESTDATA / "cross_lingual_prompt.wav", folder / "sample.wav")
+    return folder
+
+
+def test_python_example(server: ApiServer, tmp_path: Path) -> None:
+    folder = in_folder_with_sample(tmp_path, "python")
+    voice = f"readme_py_{tmp_path.name[-6:]}"
+    code = readme_block("python").replace("http://localhost:8012", server.url)
+    done = subprocess.run(
+        [sys.executable, "-c", code.replace("my_voice", voice)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert_speech((folder / "output.wav").read_bytes(), fmt="wav")
+    assert 0.0 <= float(done.stdout.strip().splitlines()[-1]) <= 1.0  # the task's progress
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_example(server: ApiServer, tmp_path: Path) -> None:
+    folder = in_folder_with_sample(tmp_path, "curl")
+    voice = f"readme_curl_{tmp_path.name[-6:]}"
+    script = readme_block("bash", 1).replace("http://localhost:8012", server.url)
+    commands = [c for c in script.split("\n\n") if c.strip().startswith("curl")]
+    health, create, synthesize = (
+        subprocess.run(
+            ["bash", "-c", "\n".join(x for x in c.splitlines() if not x.startswith("#"))],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        for c in (cmd.replace("my_voice", voice) for cmd in commands[:3])
+    )
+    assert json.loads(health)["status"] == "healthy"
+    assert json.loads(create)["voice_id"] == voice
+    audio_url = json.loads(synthesize)["audio_url"]
+    download = commands[3].splitlines()[0].split("#")[0].strip()
+    download = download.replace("/api/v3/audio/v3_cache_1a2b3c4d.wav", audio_url)
+    subprocess.run(["bash", "-c", download], cwd=folder, check=True, timeout=60)
+    assert_speech((folder / audio_url.rsplit("/", 1)[1]).read_bytes(), fmt="wav")
