@@ -20,7 +20,7 @@ from core.schemas.synthesis import (
     SynthesisResponse,
     WithCacheRequest,
 )
-from core.services.synthesis import output_filename
+from core.services.synthesis import check_instruct_allowed, output_filename
 from core.wiring import Runtime
 
 from ..deps import RuntimeDep
@@ -82,9 +82,9 @@ def build_router(version: ApiVersion) -> APIRouter:
         )
 
     def instruct_field(value: str | None) -> str | None:
-        if value and version is not ApiVersion.v3:
-            raise InvalidInput(f"instruct_text is only available on /api/v3 (not {version.value})")
-        return (value or "").strip() or None
+        instruction = (value or "").strip() or None
+        check_instruct_allowed(version, instruction)
+        return instruction
 
     @router.post(
         "/with-audio",
