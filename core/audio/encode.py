@@ -47,10 +47,30 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: AudioFormat | str) 
     pcm = float_to_pcm16(samples)
     if audio_format is AudioFormat.mp3:
         return _encode_mp3(pcm, sample_rate)
+    if audio_format is AudioFormat.wav:
+        # A WAV file is a 44-byte header and the samples: no need for a codec library.
+        return wav_header(sample_rate, pcm.nbytes) + pcm.tobytes()
     buffer = io.BytesIO()
-    container = "WAV" if audio_format is AudioFormat.wav else "FLAC"
-    sf.write(buffer, pcm, sample_rate, format=container, subtype="PCM_16")
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
+
+
+UNKNOWN_SIZE = 0xFFFFFFFF  # the streaming convention: "read to the end"
+
+
+def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
+    """The RIFF header of 16-bit mono PCM; `None` sizes it as unknown (streaming)."""
+    data_size = UNKNOWN_SIZE if data_bytes is None else data_bytes
+    riff_size = UNKNOWN_SIZE if data_bytes is None else 36 + data_bytes
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
 
 
 def new_mp3_encoder(sample_rate: int) -> lameenc.Encoder:

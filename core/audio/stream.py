@@ -13,16 +13,14 @@ A streamed WAV header cannot know the final length, so it declares the largest s
 
 from __future__ import annotations
 
-import struct
 from typing import Protocol
 
 import numpy as np
 
 from ..domain import AudioFormat
 from ..errors import InvalidInput
-from .encode import CONTENT_TYPES, encode_audio, float_to_pcm16, new_mp3_encoder
+from .encode import CONTENT_TYPES, encode_audio, float_to_pcm16, new_mp3_encoder, wav_header
 
-_UNKNOWN_SIZE = 0xFFFFFFFF
 _STREAMABLE = ("wav", "mp3", "pcm")
 
 
@@ -44,16 +42,7 @@ class StreamEncoder(Protocol):
 
 def streaming_wav_header(sample_rate: int) -> bytes:
     """A 16-bit mono PCM WAV header whose sizes mean "unknown, read to the end"."""
-    byte_rate = sample_rate * 2
-    return (
-        b"RIFF"
-        + struct.pack("<I", _UNKNOWN_SIZE)
-        + b"WAVE"
-        + b"fmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, byte_rate, 2, 16)
-        + b"data"
-        + struct.pack("<I", _UNKNOWN_SIZE)
-    )
+    return wav_header(sample_rate, None)
 
 
 class PcmStreamEncoder:
