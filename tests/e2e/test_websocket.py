@@ -45,6 +45,19 @@ async def send(ws: ClientConnection, **message: Any) -> None:
     await ws.send(json.dumps(message))
 
 
+async def send_long_request(ws: ClientConnection, request_id: str, voice_id: str) -> None:
+    """A request that keeps its stream busy for seconds (long text, high quality, slow)."""
+    await send(
+        ws,
+        message_type="text_request",
+        request_id=request_id,
+        text=LONG_TEXT,
+        voice_id=voice_id,
+        quality="high",
+        speed=0.5,
+    )
+
+
 async def collect(ws: ClientConnection, request_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Every frame of the given requests, until each has ended (complete, error, cancelled)."""
     frames: dict[str, list[dict[str, Any]]] = {rid: [] for rid in request_ids}
@@ -285,15 +298,7 @@ async def test_a_request_that_cannot_be_served_gets_an_error_with_its_id(
 
 async def test_cancel_stops_a_request(server: ApiServer, voice_id: str) -> None:
     async with socket(server) as ws:
-        await send(
-            ws,
-            message_type="text_request",
-            request_id="long",
-            text=LONG_TEXT,
-            voice_id=voice_id,
-            quality="high",
-            speed=0.5,
-        )
+        await send_long_request(ws, "long", voice_id)
         first = await receive(ws)
         assert first["message_type"] == "synthesis_start"
         assert (await receive(ws))["message_type"] == "audio_chunk"
@@ -325,15 +330,7 @@ async def test_sessions_are_listed_while_open_and_gone_after_close(
         assert listed[0]["active_requests"] == []
         assert streaming_health(server)["active_websocket_sessions"] >= 1
 
-        await send(
-            ws,
-            message_type="text_request",
-            request_id="held",
-            text=LONG_TEXT,
-            voice_id=voice_id,
-            quality="high",
-            speed=0.5,
-        )
+        await send_long_request(ws, "held", voice_id)
         assert (await receive(ws))["message_type"] == "synthesis_start"
         # Not reading: the request stays in flight, held back by this slow reader.
         await asyncio.sleep(0.3)
@@ -356,15 +353,7 @@ async def test_sessions_are_listed_while_open_and_gone_after_close(
 
 async def test_closing_mid_request_stops_the_stream(server: ApiServer, voice_id: str) -> None:
     async with socket(server) as ws:
-        await send(
-            ws,
-            message_type="text_request",
-            request_id="abandoned",
-            text=LONG_TEXT,
-            voice_id=voice_id,
-            quality="high",
-            speed=0.5,
-        )
+        await send_long_request(ws, "abandoned", voice_id)
         assert (await receive(ws))["message_type"] == "synthesis_start"
         await asyncio.sleep(0.3)
         assert streaming_health(server)["active_streams"] >= 1
@@ -388,15 +377,7 @@ async def test_requests_beyond_the_cap_are_busy(server_factory: ServerFactory) -
     with httpx.Client(base_url=capped.url, timeout=60) as http:
         voice = create_voice(http, TESTDATA / "cross_lingual_prompt.wav", language="en")
     async with socket(capped) as ws:
-        await send(
-            ws,
-            message_type="text_request",
-            request_id="holder",
-            text=LONG_TEXT,
-            voice_id=voice,
-            quality="high",
-            speed=0.5,
-        )
+        await send_long_request(ws, "holder", voice)
         assert (await receive(ws))["message_type"] == "synthesis_start"
         await send(ws, message_type="text_request", request_id="extra", text=TEXT, voice_id=voice)
         refused = (await collect(ws, {"extra"}))["extra"]
