@@ -1,12 +1,14 @@
 """What the HTTP hop to the KServe predictor costs, against the engine in-process.
 
-    .venv/bin/python bench/predictor_hop.py [--requests 200] [--engine espeak]
+    .venv/bin/python -m bench.predictor_hop [--requests 200] [--engine espeak]
 
 Both sides serve the same engine through the same `SynthesisClient` port the router
 uses: `InProcessSynthesis` (the embedded profile) and `KServeSynthesis` talking to a
 `cosyvoice-api predictor` process started here, both over one blob store holding a
 stored voice. Every request is a with-cache synthesis (the voice's features are cached
 after the warm-up), sent to the two sides in turn so that both see the same machine.
+The predictor runs with LOG_LEVEL=warning and KServe's own logging configuration off:
+the in-process side writes no line per request either, so only the hop is compared.
 
 Measured per request: the whole synthesis (every chunk received) for a short sentence,
 and the time to the first chunk of a longer, streamed text. The table shows p50/p90 of
@@ -101,6 +103,8 @@ def start_predictor(
             # Per-request log lines cost time the in-process side does not spend either.
             "--enable_latency_logging",
             "false",
+            "--configure_logging",
+            "false",
         ],
         env={**os.environ, **env},
         cwd=work_dir,
@@ -149,7 +153,11 @@ async def round_trip(http: httpx.AsyncClient) -> float:
 async def run(requests: int, engine: str) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="predictor-hop-") as tmp:
         work = Path(tmp)
-        env = {"BLOB_STORE_URL": f"file://{work / 'blobs'}", "ENGINE": engine}
+        env = {
+            "BLOB_STORE_URL": f"file://{work / 'blobs'}",
+            "ENGINE": engine,
+            "LOG_LEVEL": "warning",
+        }
         settings = Settings(blob_store_url=env["BLOB_STORE_URL"], engine=engine)
         blobs = build_blob_store(settings)
         await blobs.start()
