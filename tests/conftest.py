@@ -10,6 +10,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
 
 
+def require_test_clips() -> None:
+    """Skip (with the reason) where the speech clips beside the checkout are missing."""
+    if not TESTDATA.is_dir():
+        pytest.skip(f"test clips not found at {TESTDATA} (shared/ beside the checkout)")
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     if not TESTDATA.is_dir():

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TESTDATA
+from tests.conftest import TESTDATA, require_test_clips
 from tests.servers import ServerProcess
 
 BIN = Path(sys.executable).parent
@@ -86,6 +86,11 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
         "WEBHOOK_ALLOW_PRIVATE": "false",
         "LOG_LEVEL": "info",
     }
+
+
+@pytest.fixture(autouse=True)
+def _test_clips() -> None:
+    require_test_clips()
 
 
 @pytest.fixture(scope="session")
