@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stats import percentile  # noqa: E402
 from core.adapters.cluster.kserve_synthesis import KServeSynthesis  # noqa: E402
 from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis  # noqa: E402
 from core.audio.decode import sha256_hex  # noqa: E402
@@ -46,6 +44,7 @@ from core.engines.runner import EngineRunner  # noqa: E402
 from core.ports import SynthesisClient, SynthesisRequest, VoicePrompt  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.wiring import build_blob_store  # noqa: E402
+from tests.e2e.profiles import PredictorProcess  # noqa: E402
 
 MODEL = "cosyvoice3"
 CLIP = REPO.parent / "shared" / "testdata" / "cross_lingual_prompt.wav"
@@ -65,11 +64,6 @@ class Row:
     local: list[float]
     remote: list[float]
 
-    @staticmethod
-    def pct(values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
     @property
     def hop_ms(self) -> float:
         return statistics.median(self.remote) - statistics.median(self.local)
@@ -77,53 +71,6 @@ class Row:
     @property
     def ratio(self) -> float:
         return statistics.median(self.remote) / statistics.median(self.local)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_predictor(
-    env: dict[str, str], engine: str, work_dir: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = (work_dir / "predictor.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "cosyvoice-api"),
-            "predictor",
-            "--model-name",
-            MODEL,
-            "--engine",
-            engine,
-            "--http_port",
-            str(port),
-            # Per-request log lines cost time the in-process side does not spend either.
-            "--enable_latency_logging",
-            "false",
-            "--configure_logging",
-            "false",
-        ],
-        env={**os.environ, **env},
-        cwd=work_dir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"predictor exited:\n{(work_dir / 'predictor.log').read_text()}")
-        try:
-            if httpx.get(f"{url}/v1/models/{MODEL}", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("predictor did not become ready")
 
 
 async def whole(client: SynthesisClient, request: SynthesisRequest) -> float:
@@ -175,7 +122,15 @@ async def run(requests: int, engine: str) -> list[Row]:
             feature_cache=FeatureCache(engine_impl, engine_impl.info.model, blobs, 16),
         )
         local = InProcessSynthesis(runner, blobs)
-        proc, url = start_predictor(env, engine, work)
+        predictor = PredictorProcess(
+            MODEL,
+            work,
+            env,
+            engine=engine,
+            # Per-request log lines cost time the in-process side does not spend either.
+            extra_args=("--enable_latency_logging", "false", "--configure_logging", "false"),
+        ).start()
+        url = predictor.url
         remote = KServeSynthesis(url, MODEL, timeout=120)
         try:
             await local.start()
@@ -197,15 +152,14 @@ async def run(requests: int, engine: str) -> list[Row]:
                     floor.append(await round_trip(http))
             print(
                 f"this machine's HTTP round trip to the predictor (GET /v1/models/{MODEL}): "
-                f"p50 {statistics.median(floor):.2f} ms, p90 {Row.pct(floor, 0.9):.2f} ms"
+                f"p50 {statistics.median(floor):.2f} ms, p90 {percentile(floor, 0.9):.2f} ms"
             )
             return rows
         finally:
             await remote.close()
             await local.close()
             await blobs.close()
-            proc.terminate()
-            proc.wait(30)
+            predictor.stop()
 
 
 def print_table(rows: list[Row], engine: str) -> bool:
@@ -220,8 +174,8 @@ def print_table(rows: list[Row], engine: str) -> bool:
     for row in rows:
         print(
             f"{row.metric:<24} {statistics.median(row.local):>12.2f} ms"
-            f" {row.pct(row.local, 0.9):>8.2f} {statistics.median(row.remote):>11.2f} ms"
-            f" {row.pct(row.remote, 0.9):>8.2f} {row.hop_ms:>6.2f} ms {row.ratio:>6.2f}x"
+            f" {percentile(row.local, 0.9):>8.2f} {statistics.median(row.remote):>11.2f} ms"
+            f" {percentile(row.remote, 0.9):>8.2f} {row.hop_ms:>6.2f} ms {row.ratio:>6.2f}x"
         )
         within = within and row.hop_ms <= HOP_TARGET_MS
     verdict = "within" if within else "OVER"

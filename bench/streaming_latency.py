@@ -49,6 +49,7 @@ from urllib.parse import urlencode
 import httpx
 from websockets.asyncio.client import connect
 
+from bench.stats import percentile
 from core.audio.decode import decode_clip
 from core.domain import EngineSlot, SynthesisMode
 from core.engines.base import Engine, EngineRequest
@@ -294,8 +295,7 @@ def p50(values: list[float]) -> float:
 
 
 def p90(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return percentile(values, 0.9)
 
 
 def print_report(

@@ -23,16 +23,13 @@ from pathlib import Path
 
 import httpx
 
+from bench.stats import percentile
+
 TEXT = (
     "The quick brown fox jumps over the lazy dog. "
     "A serving platform should add very little to its engine"
 )
 assert len(TEXT) == 100
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def engine_call(clip_path: Path) -> Callable[[], None]:

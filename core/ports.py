@@ -262,4 +262,5 @@ class SynthesisClient(Protocol):
         predictor: it reports the last known state."""
 
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
-        """Chunks as the engine produces them; closing the iterator cancels the work."""
+        """Chunks as the engine produces them, at `request.sample_rate` when it is set (else
+        the engine's own rate); closing the iterator cancels the work."""

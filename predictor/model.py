@@ -50,6 +50,7 @@ from core.schemas.predictor import (
     samples_to_pcm,
     wire_error_name,
 )
+from core.services.synthesis import checked_text
 
 from .disconnect import ClientGone, client_gone, until_gone
 
@@ -189,11 +190,10 @@ class SynthesisModel(Model):
             instance = PredictRequest.model_validate(payload).instances[0]
         except ValidationError as exc:
             raise KServeInvalidInput(_one_line(exc)) from None
-        if len(instance.text.strip()) > self._max_text_length:
-            raise KServeInvalidInput(
-                f"text is {len(instance.text.strip())} characters long; "
-                f"the limit is {self._max_text_length}"
-            )
+        try:
+            checked_text(instance.text, self._max_text_length)
+        except InvalidInput as exc:
+            raise KServeInvalidInput(exc.detail) from None
         return instance
 
     async def _request(self, instance: SynthesisInstance) -> SynthesisRequest:

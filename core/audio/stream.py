@@ -40,11 +40,6 @@ class StreamEncoder(Protocol):
         """Whatever the encoder still holds; call once, after the last chunk."""
 
 
-def streaming_wav_header(sample_rate: int) -> bytes:
-    """A 16-bit mono PCM WAV header whose sizes mean "unknown, read to the end"."""
-    return wav_header(sample_rate, None)
-
-
 class PcmStreamEncoder:
     """Raw 16-bit little-endian mono samples, no header."""
 
@@ -69,7 +64,7 @@ class WavStreamEncoder(PcmStreamEncoder):
     content_type = CONTENT_TYPES["wav"]
 
     def header(self) -> bytes:
-        return streaming_wav_header(self.sample_rate)
+        return wav_header(self.sample_rate, None)  # sizes unknown: read to the end
 
 
 class Mp3StreamEncoder:

@@ -27,10 +27,6 @@ class Instruction:
     dialect: str | None = None  # one of text.CHINESE_DIALECTS
     emotion: str | None = None  # happy, sad, angry, neutral, robot
 
-    @property
-    def is_default(self) -> bool:
-        return self == Instruction()
-
 
 # Chinese names of the dialects, as upstream's instructions spell them, plus the other
 # names people use for them.

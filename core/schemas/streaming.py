@@ -46,9 +46,6 @@ class QualityProfile:
     sample_rate: int
     chunk_seconds: float
 
-    def chunk_samples(self) -> int:
-        return max(1, round(self.sample_rate * self.chunk_seconds))
-
 
 QUALITY_PROFILES: dict[StreamQuality, QualityProfile] = {
     StreamQuality.low: QualityProfile(sample_rate=16000, chunk_seconds=0.5),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..audio.dsp import join_segments, resample
+from ..audio.dsp import join_segments
 from ..audio.encode import CONTENT_TYPES, encode_audio
 from ..domain import (
     ApiVersion,
@@ -161,15 +161,15 @@ class SynthesisService:
     ) -> AsyncIterator[AudioChunk]:
         """Chunks at the request's sample rate, the first as soon as the engine has it."""
         client = await self.ensure_ready(version)
-        target = request.sample_rate or self.sample_rate
+        if request.sample_rate is None:
+            request = replace(request, sample_rate=self.sample_rate)
+        # Every synthesis client delivers at the request's rate (resampling with state
+        # across chunks, so seams do not click): nothing to convert here.
         chunks = client.synthesize(request)
         try:
             async for chunk in chunks:
-                samples = chunk.samples
-                if chunk.sample_rate != target:
-                    samples = resample(samples, chunk.sample_rate, target)
-                if samples.size:
-                    yield AudioChunk(samples=samples, sample_rate=target)
+                if chunk.samples.size:
+                    yield chunk
         finally:
             # Closing the engine's iterator is what stops its work when we stop early.
             await chunks.aclose()
@@ -212,6 +212,16 @@ class SynthesisService:
 
 def _with_text(request: SynthesisRequest, text: str) -> SynthesisRequest:
     return replace(request, text=text)
+
+
+def checked_text(text: str, limit: int, setting: str = "MAX_TEXT_LENGTH") -> str:
+    """The text to speak, trimmed; InvalidInput when it is empty or over `limit`."""
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidInput("text is empty")
+    if len(stripped) > limit:
+        raise InvalidInput(f"text is {len(stripped)} characters; the limit is {limit} ({setting})")
+    return stripped
 
 
 def check_instruct_allowed(version: ApiVersion, instruct_text: str | None) -> None:

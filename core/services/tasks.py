@@ -44,7 +44,7 @@ from ..errors import InvalidInput, InvalidTransition, NotFound, TaskNotFound
 from ..ports import BlobStore, EventBus, MetadataStore, RenderRequest
 from ..schemas.tasks import RenderSubmission
 from .netguard import CallbackRejected, check_callback_url
-from .synthesis import SynthesisService, output_filename
+from .synthesis import SynthesisService, checked_text, output_filename
 from .webhooks import task_ended_payload
 
 log = logging.getLogger(__name__)
@@ -258,15 +258,7 @@ class TaskService:
         )
 
     def checked_text(self, text: str) -> str:
-        stripped = text.strip()
-        if not stripped:
-            raise InvalidInput("text is empty")
-        if len(stripped) > self._max_text_length:
-            raise InvalidInput(
-                f"text is {len(stripped)} characters; tasks accept at most "
-                f"{self._max_text_length} (MAX_TASK_TEXT_LENGTH)"
-            )
-        return stripped
+        return checked_text(text, self._max_text_length, "MAX_TASK_TEXT_LENGTH")
 
     # --- scheduling --------------------------------------------------------------------
 

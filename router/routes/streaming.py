@@ -25,6 +25,7 @@ from core.schemas.streaming import (
     StreamingHealth,
     StreamQuality,
 )
+from core.services.synthesis import checked_text
 from core.wiring import Runtime
 
 from ..deps import RuntimeDep
@@ -36,7 +37,6 @@ from ..streaming import (
     sse_stream_response,
     stream_registry,
 )
-from .synthesis import checked_text
 
 FORMAT_HELP = "wav, mp3 or pcm (raw 16-bit little-endian); flac cannot be streamed"
 QUALITY_HELP = "low (16 kHz, 0.5 s chunks), medium (22.05 kHz, 0.3 s), high (44.1 kHz, 0.2 s)"

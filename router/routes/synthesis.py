@@ -20,7 +20,7 @@ from core.schemas.synthesis import (
     SynthesisResponse,
     WithCacheRequest,
 )
-from core.services.synthesis import check_instruct_allowed, output_filename
+from core.services.synthesis import check_instruct_allowed, checked_text, output_filename
 from core.wiring import Runtime
 
 from ..deps import RuntimeDep
@@ -43,15 +43,6 @@ SpeedForm = Annotated[float, Form(ge=0.5, le=2.0, description="0.5–2.0")]
 FormatForm = Annotated[AudioFormat, Form(description="wav, mp3 or flac")]
 StreamForm = Annotated[bool, Form(description="Send the audio itself, chunked, as produced")]
 PromptAudio = Annotated[UploadFile, File(description="Reference clip: wav, mp3 or flac")]
-
-
-def checked_text(text: str, limit: int) -> str:
-    text = text.strip()
-    if not text:
-        raise InvalidInput("text must not be empty")
-    if len(text) > limit:
-        raise InvalidInput(f"text is {len(text)} characters; the limit is {limit}")
-    return text
 
 
 def build_router(version: ApiVersion) -> APIRouter:

@@ -38,6 +38,7 @@ from core.schemas.streaming import (
     WsSessionPublic,
 )
 from core.services.streams import SessionRecord, StreamKind
+from core.services.synthesis import checked_text
 from core.wiring import Runtime
 
 from ..deps import RuntimeDep
@@ -50,7 +51,6 @@ from ..streaming import (
     stream_registry,
     to_base64,
 )
-from .synthesis import checked_text
 
 log = logging.getLogger("router.ws")
 
