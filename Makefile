@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test lint format bench clean
+.PHONY: serve test install install-test lint format bench clean images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ format: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)       ## the benchmarks under bench/
 	$(BIN)/python -m bench.all
+
+images:                    ## the API image with buildah, on a debootstrap Debian base (root)
+	tools/images/build-api-image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

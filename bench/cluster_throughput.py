@@ -176,6 +176,7 @@ async def platform_renders(
         worker_concurrency=concurrency,
         synthesis_concurrency=concurrency,
         log_level="warning",
+        webhook_secret="bench-signing-key",
     )
     runtime = build_noop_runtime(settings)
     await runtime.start()
@@ -429,14 +430,14 @@ def report(platform: list[Measured], limits: list[Measured], concurrency: int) -
 
 
 def main() -> None:
-    from tests.conftest import TESTDATA
     from tests.servers import MongoServer, NatsServer, S3Server
+    from tests.speech import ENGLISH, write_clips
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    clip = (TESTDATA / "cross_lingual_prompt.wav").read_bytes()
+    clip = (write_clips() / ENGLISH.filename).read_bytes()
     # The blob store adapter reads its credentials from the environment, as in a pod.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", S3Server.access_key)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3Server.secret_key)

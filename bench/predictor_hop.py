@@ -45,9 +45,9 @@ from core.ports import SynthesisClient, SynthesisRequest, VoicePrompt  # noqa: E
 from core.settings import Settings  # noqa: E402
 from core.wiring import build_blob_store  # noqa: E402
 from tests.e2e.profiles import PredictorProcess  # noqa: E402
+from tests.speech import ENGLISH, write_clips  # noqa: E402
 
 MODEL = "cosyvoice3"
-CLIP = REPO.parent / "shared" / "testdata" / "cross_lingual_prompt.wav"
 SHORT_TEXT = "Hello, this is a short sentence."
 LONG_TEXT = (
     "Streaming starts with the first sentence. The rest follows while it plays. "
@@ -108,7 +108,7 @@ async def run(requests: int, engine: str) -> list[Row]:
         settings = Settings(blob_store_url=env["BLOB_STORE_URL"], engine=engine)
         blobs = build_blob_store(settings)
         await blobs.start()
-        clip = CLIP.read_bytes()
+        clip = (write_clips() / ENGLISH.filename).read_bytes()
         await blobs.put("voices/bench/sample.wav", clip, "audio/wav")
         voice = VoicePrompt(
             sha256=sha256_hex(clip), voice_id="bench", sample_key="voices/bench/sample.wav"

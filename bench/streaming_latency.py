@@ -55,8 +55,8 @@ from core.domain import EngineSlot, SynthesisMode
 from core.engines.base import Engine, EngineRequest
 from core.engines.registry import build_engine
 from core.settings import Settings
-from tests.conftest import TESTDATA
 from tests.e2e.conftest import ApiServer, create_voice, embedded_env
+from tests.speech import ENGLISH, write_clips
 
 TEXT = "Hello, this is a latency test of the streaming voice. It has a second sentence."
 TARGET_GAP_MS = 10.0
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         Load(f"{args.clients} burst", args.clients, args.requests, paced=False),
     ]
 
-    clip = (TESTDATA / "cross_lingual_prompt.wav").read_bytes()
+    clip_path = write_clips() / ENGLISH.filename
+    clip = clip_path.read_bytes()
     engine, engine_request, audio_seconds = load_engine(Settings(engine=args.engine), clip)
     print(
         f"{engine.info.model}; {audio_seconds:.2f} s of audio per request; "
@@ -399,9 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         server = ApiServer(data_dir, env).start()
         try:
             with httpx.Client(base_url=server.url, timeout=60) as http:
-                voice_id = create_voice(
-                    http, TESTDATA / "cross_lingual_prompt.wav", language="en", prefix="bench"
-                )
+                voice_id = create_voice(http, clip_path, language="en", prefix="bench")
             target = Target("127.0.0.1", server.port, voice_id)
             served = asyncio.run(serve_loads(target, loads, audio_seconds))
             health = httpx.get(f"{server.url}/api/v3/streaming/health").json()

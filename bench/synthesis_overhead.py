@@ -64,13 +64,13 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    from tests.conftest import TESTDATA
     from tests.e2e.conftest import ApiServer, create_voice, embedded_env
+    from tests.speech import ENGLISH, write_clips
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    clip = TESTDATA / "cross_lingual_prompt.wav"
+    clip = write_clips() / ENGLISH.filename
     engine = engine_call(clip)
     timings: dict[str, list[float]] = {"engine": [], "api": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -124,8 +124,8 @@ class Voice(BaseModel):
     is_active: bool = True
     created_at: datetime
     updated_at: datetime
-    sample_key: str  # blob store key of the original upload
-    sample_sha256: str  # content hash: keys cached features
+    sample_key: str  # blob store key of the stored (normalised) sample
+    sample_sha256: str  # content hash of the stored sample: keys cached features
 
 
 class WebhookState(BaseModel):
@@ -184,9 +184,26 @@ def output_key(filename: str) -> str:
     return f"outputs/{filename}"
 
 
-def sample_key(voice_id: str, audio_format: AudioFormat) -> str:
-    return f"voices/{voice_id}/sample.{audio_format.value}"
+def sample_key(
+    voice_id: str, audio_format: AudioFormat, sha256: str | None = None, write_id: str = ""
+) -> str:
+    """Where a voice's sample lives: `voices/<id>/samples/<sha256>-<write id>.<ext>`.
+
+    Each write of a sample gets a key of its own (its content hash plus a fresh write
+    id), and a key is never written twice: a request that fails, or the cleanup of a
+    replaced sample, can only ever delete its own object, never the sample another
+    request just made the record point to. Without a hash, the single-key layout of
+    samples stored before keys were content addressed (`voices/<id>/sample.<ext>`).
+    """
+    if sha256 is None:
+        return f"voices/{voice_id}/sample.{audio_format.value}"
+    suffix = f"-{write_id}" if write_id else ""
+    return f"voices/{voice_id}/samples/{sha256}{suffix}.{audio_format.value}"
+
+
+def features_prefix(voice_id: str) -> str:
+    return f"voices/{voice_id}/features/"
 
 
 def features_key(voice_id: str, model: str, sha256: str) -> str:
-    return f"voices/{voice_id}/features/{model}-{sha256[:16]}"
+    return f"{features_prefix(voice_id)}{model}-{sha256[:16]}"

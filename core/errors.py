@@ -15,6 +15,7 @@
     │   ├── EngineNotReady
     │   ├── BackendUnavailable    database, object store, event bus or predictor
     │   └── Busy                  a concurrency cap is reached
+    │       └── Overloaded        the synthesis queue is full (with a retry estimate)
     └── SynthesisFailed           the engine raised while rendering
 
 The router maps each class to a status code in one table (`router/errors.py`); the
@@ -94,6 +95,15 @@ class BackendUnavailable(Unavailable):
 
 class Busy(Unavailable):
     pass
+
+
+class Overloaded(Busy):
+    """Refused at once because the synthesis queue is full; `retry_after` is the wait,
+    in seconds, after which a slot is likely free (the HTTP `Retry-After`)."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = max(retry_after, 1.0)
 
 
 class SynthesisFailed(CosyVoiceError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -104,6 +105,10 @@ class MetadataStore(Protocol):
 
     async def average_synthesis_time(self, kind: TaskKind | None = None) -> float | None: ...
 
+    async def delete_finished_tasks_before(self, cutoff: datetime, limit: int) -> list[Task]:
+        """Delete up to `limit` tasks that ended (completed, failed, cancelled) before
+        `cutoff`, oldest first, and return them: their audio is the caller's to remove."""
+
 
 # --- blob store ------------------------------------------------------------------------
 
@@ -112,6 +117,15 @@ class MetadataStore(Protocol):
 class BlobInfo:
     size: int
     content_type: str
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """One object of a listing: its key and when it was last written (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class BlobStore(Protocol):
@@ -130,6 +144,10 @@ class BlobStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Write atomically: readers see the old object or the new one, never a part."""
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store a local file's content, streamed (never whole in memory), as atomically
+        as `put`; the file itself is left where it is."""
+
     async def get(self, key: str) -> bytes:
         """NotFound when absent."""
 
@@ -141,6 +159,10 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the object and, for a prefix ending in '/', everything under it."""
+
+    def list_blobs(self, prefix: str) -> AsyncIterator[StoredBlob]:
+        """Every object under `prefix` (e.g. `outputs/`), in no set order, read page by
+        page so a large store is never listed into memory at once."""
 
 
 # --- event bus ---------------------------------------------------------------------------
@@ -221,6 +243,10 @@ class SynthesisRequest:
     speed: float = 1.0
     language: str | None = None  # target language hint; None = from the text's script
     sample_rate: int | None = None  # None = the engine's native rate
+    # Work that already waited its turn (a task render, the later segments of an admitted
+    # request) queues for a slot however full the queue is; anything else is refused
+    # with `Overloaded` once MAX_QUEUED_SYNTHESES calls are waiting.
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,6 +278,11 @@ class SynthesisClient(Protocol):
 
     @property
     def info(self) -> EngineInfo: ...
+
+    @property
+    def missing_reason(self) -> str | None:
+        """Why this slot can never serve while the process runs (its model is absent);
+        None when it serves or may serve later (a predictor still starting)."""
 
     async def start(self) -> None: ...
 

@@ -36,6 +36,80 @@ class Settings(BaseSettings):
     api_key: str = Field(
         "", description="When set, every /api route needs 'Authorization: Bearer <key>'."
     )
+    api_keys: str = Field(
+        "",
+        description="More API keys, each with a name and optional limits: "
+        "'name:key[:rate[:concurrency]]' comma-separated, or a JSON list of "
+        '{"name", "key", "rate_limit", "max_concurrent"}.',
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML or JSON file with API keys (the JSON form of API_KEYS)."
+    )
+    ws_auth_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a WebSocket may take to send its auth message when it "
+        "brought no key in its handshake.",
+    )
+    rate_limit: str = Field(
+        "",
+        description="Requests allowed per key or client, e.g. '600/minute' or "
+        "'10/second;600/minute' (empty = no limit).",
+    )
+    max_concurrent_requests_per_client: int = Field(
+        0, ge=0, description="Requests in flight at once per key or client (0 = no limit)."
+    )
+
+    # --- connections (enforced by the HTTP server before the application) ----------
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Most bytes of a request line plus headers; beyond: 431.",
+    )
+    request_head_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a connection may take to send a complete request line and "
+        "headers; beyond: 408 and the connection is closed.",
+    )
+    request_body_timeout: float = Field(
+        300.0, gt=0, description="Seconds a request body may take to arrive in full; beyond: 408."
+    )
+    request_body_min_rate: int = Field(
+        1024,
+        ge=0,
+        description="Bytes per second a request body must average (measured over windows of "
+        "REQUEST_HEAD_TIMEOUT seconds while the server is reading); slower: 408 (0 = no floor).",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_json_depth: int = Field(
+        32,
+        ge=2,
+        le=512,
+        description="Deepest nesting of arrays/objects in a JSON body or WebSocket message; "
+        "deeper: 400.",
+    )
+    ws_max_message_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest WebSocket message accepted; larger: the socket is closed with 1009.",
+    )
+    ws_ping_interval: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds between the server's WebSocket pings, which keep idle sockets "
+        "open behind proxies (0 = no pings).",
+    )
+    ws_ping_timeout: float = Field(
+        20.0, gt=0, description="Seconds a WebSocket peer has to answer a ping; then it is closed."
+    )
+    sse_keepalive_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds of silence after which an SSE stream sends a ': keep-alive' comment.",
+    )
 
     # --- engines ------------------------------------------------------------------
     engine: EngineChoice = Field(
@@ -61,6 +135,12 @@ class Settings(BaseSettings):
     )
     synthesis_timeout: float = Field(
         300.0, gt=0, description="Deadline in seconds for one synthesis call."
+    )
+    max_queued_syntheses: int = Field(
+        32,
+        ge=0,
+        description="Synchronous and streaming syntheses that may wait for a slot per engine; "
+        "beyond: 503 with Retry-After (tasks wait in the task queue instead).",
     )
     predictor_url_v3: str = Field(
         "", description="KServe predictor serving v3 (empty = the engine in-process)."
@@ -88,6 +168,16 @@ class Settings(BaseSettings):
         "Empty = VOICE_CACHE_DIR for samples and OUTPUT_DIR for rendered audio.",
     )
     event_bus_url: str = Field("memory://", description="memory:// or nats://HOST:PORT.")
+    jetstream_stream: str = Field(
+        "COSYVOICE",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Name of the JetStream stream holding the platform's events (nats:// only).",
+    )
+    jetstream_manage_stream: bool = Field(
+        True,
+        description="Create the JetStream stream and keep its configuration; false when "
+        "another owner (e.g. a NACK Stream object) manages it.",
+    )
     backend_timeout: float = Field(
         5.0, gt=0, description="Seconds before a database/object-store call counts as unavailable."
     )
@@ -115,7 +205,11 @@ class Settings(BaseSettings):
     )
 
     # --- webhooks -----------------------------------------------------------------
-    webhook_secret: str = Field("change-me", description="HMAC-SHA256 key of webhook signatures.")
+    webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key of webhook signatures. Required with a MongoDB "
+        "DATABASE_URL; the embedded profile generates one and keeps it beside its database.",
+    )
     webhook_allow_private: bool = Field(
         False, description="Allow callbacks to loopback/private addresses (tests, dev only)."
     )
@@ -123,11 +217,39 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(1.0, gt=0, description="First retry delay; doubles.")
     webhook_timeout: float = Field(10.0, gt=0, description="Seconds per delivery attempt.")
 
+    # --- retention ----------------------------------------------------------------
+    output_ttl: float = Field(
+        86_400.0,
+        ge=0,
+        description="Seconds the audio of a synchronous call stays downloadable (0 = forever).",
+    )
+    task_retention: float = Field(
+        604_800.0,
+        ge=0,
+        description="Seconds a finished task and its audio are kept after it ended (0 = forever).",
+    )
+    retention_sweep_seconds: float = Field(
+        600.0, gt=0, description="Seconds between two sweeps of expired outputs and tasks."
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _known_rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        value = value.strip()
+        if value:
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError("must look like '600/minute' or '10/second;600/minute'") from None
         return value
 
     @field_validator("log_level")
@@ -158,6 +280,19 @@ class Settings(BaseSettings):
         if value and not value.startswith(("file://", "s3://", "s3s://")):
             raise ValueError("must be file:///path, s3://HOST:PORT/BUCKET or s3s://...")
         return value
+
+    def require_webhook_secret(self) -> None:
+        """Exit unless a process that signs webhooks has a key it may use.
+
+        Replicas of a cluster (MongoDB) must all sign with one key, so none may invent
+        its own: WEBHOOK_SECRET is required there. Processes that never sign (the
+        JetStream source) do not call this. The embedded profile makes its own key.
+        """
+        if self.database_url.startswith("mongodb") and not self.webhook_secret:
+            raise SystemExit(
+                "invalid configuration: WEBHOOK_SECRET must be set when DATABASE_URL is "
+                "MongoDB (the cluster profile); e.g. WEBHOOK_SECRET=$(openssl rand -hex 32)"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:

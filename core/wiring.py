@@ -15,11 +15,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .domain import EngineSlot
+from .errors import EngineNotReady
 from .ports import BlobStore, EventBus, MetadataStore, SynthesisClient
+from .services.retention import RetentionSweeper
 from .services.synthesis import SynthesisService
 from .services.tasks import TaskService
 from .services.voices import VoiceService
-from .services.webhooks import WebhookDispatcher
+from .services.webhooks import WebhookDispatcher, stored_secret
 from .services.worker import RenderWorker
 from .settings import Settings
 
@@ -91,6 +93,8 @@ def _nats_bus(url: str, settings: Settings, store: MetadataStore, **kw: Any) -> 
         max_deliver=settings.task_max_attempts,
         ack_wait=settings.task_lease_seconds,
         timeout=settings.backend_timeout,
+        stream=settings.jetstream_stream,
+        manage_stream=settings.jetstream_manage_stream,
         **kw,
     )
 
@@ -127,14 +131,20 @@ def build_synthesis_clients(
 
     Slots whose engines resolve to the same in-process engine kind share one runner, so
     the development engine is loaded once for v1, v2 and v3.
+
+    With ENGINE=cosyvoice a slot whose model is missing is served by a client that
+    answers 503 with the reason, while the other slot serves; only when no slot can be
+    served does start-up fail.
     """
     from .adapters.embedded.inprocess_synthesis import InProcessSynthesis
+    from .adapters.missing_model import MissingModelSynthesis
     from .engines.features import FeatureCache
-    from .engines.registry import build_engine
+    from .engines.registry import build_engine, slot_model_name
     from .engines.runner import EngineRunner
 
     clients: dict[EngineSlot, SynthesisClient] = {}
     warnings: dict[EngineSlot, str | None] = {}
+    missing: dict[EngineSlot, str] = {}
     shared: dict[str, SynthesisClient] = {}
     remote_urls = {
         EngineSlot.v3: settings.predictor_url_v3,
@@ -153,7 +163,13 @@ def build_synthesis_clients(
             )
             warnings[slot] = None
             continue
-        engine, warning = build_engine(settings, slot)
+        try:
+            engine, warning = build_engine(settings, slot)
+        except EngineNotReady as exc:
+            missing[slot] = exc.detail
+            clients[slot] = MissingModelSynthesis(slot_model_name(slot), exc.detail)
+            warnings[slot] = exc.detail
+            continue
         warnings[slot] = warning  # the registry has logged it
         kind = engine.info.engine
         if kind != "cosyvoice" and kind in shared:
@@ -165,9 +181,30 @@ def build_synthesis_clients(
             concurrency=settings.synthesis_concurrency,
             timeout=settings.synthesis_timeout,
             feature_cache=cache,
+            max_queued=settings.max_queued_syntheses,
+            warm_up=True,
         )
         clients[slot] = shared[kind] = InProcessSynthesis(runner, blobs)
+    if len(missing) == len(clients):
+        raise EngineNotReady("; ".join(missing.values()))
+    for reason in missing.values():
+        log.error("%s; its routes answer 503 until the model is installed", reason)
     return clients, warnings
+
+
+def _feature_forgetter(clients: dict[EngineSlot, SynthesisClient]) -> Callable[[str], None]:
+    """Drops a sample's features from the memory of every in-process engine."""
+    caches = {
+        id(runner.feature_cache): runner.feature_cache
+        for client in clients.values()
+        if (runner := getattr(client, "runner", None)) is not None
+    }
+
+    def forget(sha256: str) -> None:
+        for cache in caches.values():
+            cache.forget(sha256)
+
+    return forget
 
 
 @dataclass
@@ -185,6 +222,7 @@ class Runtime:
     tasks: TaskService
     worker: RenderWorker
     webhooks: WebhookDispatcher
+    retention: RetentionSweeper | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     _working: bool = field(default=False, init=False, repr=False)
 
@@ -202,8 +240,12 @@ class Runtime:
             await self.webhooks.start(self.bus)
             await self.worker.start()
             self._working = True
+        if self.retention is not None:
+            await self.retention.start()
 
     async def close(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         if self._working:
             # Drain before anything the renders need (engines, bus, store) goes away.
             self._working = False
@@ -263,13 +305,27 @@ def build_task_parts(
     )
     webhooks = WebhookDispatcher(
         store,
-        secret=settings.webhook_secret,
+        secret=webhook_secret(settings),
         allow_private=settings.webhook_allow_private,
         max_attempts=settings.webhook_max_attempts,
         backoff_seconds=settings.webhook_backoff_seconds,
         timeout=settings.webhook_timeout,
     )
     return tasks, worker, webhooks
+
+
+WEBHOOK_SECRET_FILE = "webhook-secret"
+
+
+def webhook_secret(settings: Settings) -> str | Callable[[], str]:
+    """WEBHOOK_SECRET; unset in the embedded profile, a key generated on first start and
+    kept beside the SQLite database, so `make serve` needs no configuration. A MongoDB
+    profile without WEBHOOK_SECRET exits here: its replicas must share one key."""
+    settings.require_webhook_secret()
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    folder = Path(settings.database_url.removeprefix("sqlite:///")).parent
+    return lambda: stored_secret(folder / WEBHOOK_SECRET_FILE)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -294,9 +350,21 @@ def build_runtime(settings: Settings) -> Runtime:
         bus=bus,
         synthesis_clients=clients,
         engine_warnings=warnings,
-        voices=VoiceService(store, blobs, max_audio_duration=settings.max_audio_duration),
+        voices=VoiceService(
+            store,
+            blobs,
+            max_audio_duration=settings.max_audio_duration,
+            forget_features=_feature_forgetter(clients),
+        ),
         synthesis=synthesis,
         tasks=tasks,
         worker=worker,
         webhooks=webhooks,
+        retention=RetentionSweeper(
+            store,
+            blobs,
+            output_ttl=settings.output_ttl,
+            task_retention=settings.task_retention,
+            interval=settings.retention_sweep_seconds,
+        ),
     )

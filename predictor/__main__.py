@@ -111,6 +111,7 @@ def main() -> None:
         concurrency=settings.synthesis_concurrency,
         timeout=settings.synthesis_timeout,
         feature_cache=FeatureCache(engine, engine.info.model, blobs, settings.feature_cache_size),
+        max_queued=settings.max_queued_syntheses,
     )
     model = SynthesisModel(
         args.model_name,

@@ -20,18 +20,21 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
+from fastapi import HTTPException
 from kserve import Model
 from kserve.errors import InvalidInput as KServeInvalidInput
 from pydantic import ValidationError
 
 from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
-from core.audio.decode import decode_clip
-from core.errors import CosyVoiceError, InvalidInput
+from core.audio.decode import decode_clip, sha256_hex
+from core.engines.features import ClipLoader
+from core.errors import CosyVoiceError, InvalidInput, NotFound, Overloaded, SynthesisFailed
 from core.ports import AudioChunk, BlobStore, Clip, SynthesisRequest, VoicePrompt
 from core.schemas.predictor import (
     EngineDescription,
@@ -93,6 +96,10 @@ class SynthesisModel(Model):
             log.error("%s is not ready: %s", self.name, self._start_error)
             return
         await self._synthesis.start()
+        if self._runner.ready:
+            # Measures the engine's time to first audio, which the metadata reports and
+            # the router shows as streaming latency before any stream ran.
+            await self._runner.warm_up()
         self.ready = self._runner.ready
         if self.ready:
             log.info(
@@ -164,10 +171,13 @@ class SynthesisModel(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | AsyncIterator[bytes]:
         instance = self._parse(payload)
-        request = await self._request(instance)
+        request, load_clip = await self._request(instance)
         gone = client_gone()
         started = time.perf_counter()
-        chunks = self._synthesis.synthesize(request)
+        try:
+            chunks = self._runner.synthesize(request, load_clip)
+        except Overloaded as exc:
+            raise _busy_answer(exc) from None
         try:
             # The first chunk is awaited here, not in the stream, so that a refusal
             # (saturated, not ready, unusable clip) still gets its HTTP status.
@@ -196,19 +206,34 @@ class SynthesisModel(Model):
             raise KServeInvalidInput(exc.detail) from None
         return instance
 
-    async def _request(self, instance: SynthesisInstance) -> SynthesisRequest:
+    async def _request(self, instance: SynthesisInstance) -> tuple[SynthesisRequest, ClipLoader]:
+        """The request, and the loader of its clip, keyed by the hash of the clip's bytes.
+
+        The feature cache is keyed by the SHA-256 of the bytes this process decodes,
+        never by the `sha256` a caller sends: a caller naming one voice's sample with
+        another voice's hash would otherwise file features under the wrong voice.
+        """
         spec = instance.voice
-        # A clip of many seconds takes milliseconds to decode: off the event loop.
-        clip = None if spec.audio is None else await asyncio.to_thread(_inline_clip, spec.audio)
+        if spec.audio is not None:
+            data = await asyncio.to_thread(_inline_bytes, spec.audio)
+        else:
+            data = await self._stored_sample(spec.voice_id, spec.sample_key)
+        # Hashing and decoding a clip take milliseconds: off the event loop.
+        sha256 = await asyncio.to_thread(sha256_hex, data)
+        clip = None if spec.audio is None else await asyncio.to_thread(decode_clip, data)
+
+        async def load_clip() -> Clip:
+            return await asyncio.to_thread(decode_clip, data)
+
         voice = VoicePrompt(
-            sha256=spec.sha256,
+            sha256=sha256,
             clip=clip,
             voice_id=spec.voice_id,
             sample_key=spec.sample_key,
             prompt_text=spec.prompt_text,
             language=spec.language,
         )
-        return SynthesisRequest(
+        request = SynthesisRequest(
             text=instance.text,
             voice=voice,
             mode=instance.mode,
@@ -217,6 +242,14 @@ class SynthesisModel(Model):
             language=instance.language,
             sample_rate=instance.sample_rate,
         )
+        return request, load_clip
+
+    async def _stored_sample(self, voice_id: str | None, key: str | None) -> bytes:
+        try:
+            return await self._blobs.get(key or "")
+        except NotFound:
+            owner = f"voice {voice_id}" if voice_id else "the voice"
+            raise SynthesisFailed(f"the stored sample of {owner} is missing ({key})") from None
 
     def _prediction(self, chunks: list[AudioChunk], started: float) -> dict[str, Any]:
         info = self._runner.info
@@ -267,12 +300,11 @@ class SynthesisModel(Model):
             await chunks.aclose()
 
 
-def _inline_clip(audio: str) -> Clip:
+def _inline_bytes(audio: str) -> bytes:
     try:
-        data = base64.b64decode(audio, validate=True)
+        return base64.b64decode(audio, validate=True)
     except (binascii.Error, ValueError):
         raise KServeInvalidInput("voice.audio is not valid base64") from None
-    return decode_clip(data)
 
 
 async def _collect(chunks: AsyncIterator[AudioChunk]) -> list[AudioChunk]:
@@ -280,11 +312,19 @@ async def _collect(chunks: AsyncIterator[AudioChunk]) -> list[AudioChunk]:
 
 
 async def _edge(work: Awaitable[T]) -> T:
-    """Translate the platform's bad-input error to KServe's, which answers 400."""
+    """Bad input to KServe's error (400); a full queue to 503 with Retry-After."""
     try:
         return await work
     except InvalidInput as exc:
         raise KServeInvalidInput(exc.detail) from None
+    except Overloaded as exc:
+        raise _busy_answer(exc) from None
+
+
+def _busy_answer(exc: Overloaded) -> HTTPException:
+    """A full queue: 503 with Retry-After, which the router's client passes on as is."""
+    seconds = max(math.ceil(exc.retry_after), 1)
+    return HTTPException(status_code=503, detail=exc.detail, headers={"Retry-After": str(seconds)})
 
 
 def _one_line(exc: ValidationError) -> str:

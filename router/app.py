@@ -6,15 +6,21 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from core.domain import ApiVersion
 from core.settings import Settings
 from core.wiring import Runtime, build_runtime
 
+from .auth import ApiKeyMiddleware, load_api_keys
 from .errors import install_error_handlers
+from .json_limits import JsonDepthMiddleware
+from .limits import ClientLimits, RateLimitMiddleware
+from .logs import install_log_redaction
 from .routes import (
     async_compat,
     audio,
@@ -35,8 +41,10 @@ Voice cloning text-to-speech with CosyVoice3 (`/api/v3`) and CosyVoice2 (`/api/v
 stored voices, synchronous synthesis, background and scheduled rendering with webhooks,
 HTTP chunked / Server-Sent Events / WebSocket streaming.
 
-Errors are always `{"detail": ...}`: 400 invalid parameters, 404 not found, 409 exists,
-413 upload too large, 422 unusable audio, 503 engine or backing service unavailable.
+Errors are always `{"detail": ...}`: 400 invalid parameters, 401 missing or invalid API
+key (when keys are configured), 404 not found, 409 exists, 413 upload too large,
+422 unusable audio, 429 over a rate or concurrency limit, 503 engine or backing service
+unavailable.
 """
 
 # Route modules and the versions that have them (API.md, "Versions").
@@ -53,7 +61,26 @@ ROUTE_MODULES: tuple[tuple[ModuleType, tuple[ApiVersion, ...]], ...] = (
 )
 
 
+class CorsOutermostApp(FastAPI):
+    """FastAPI with CORS around everything, ServerErrorMiddleware included.
+
+    Starlette puts ServerErrorMiddleware outside every added middleware, so a 500 from
+    an unhandled exception would leave without CORS headers and a browser would report
+    a CORS error in place of the 500. Wrapping the whole stack gives every answer the
+    headers: 401 and 429 from the key and limit middleware, 413 from the upload limit,
+    the routes' errors and 500s.
+    """
+
+    def __init__(self, *, cors_options: dict[str, Any], **options: Any) -> None:
+        self.cors_options = cors_options
+        super().__init__(**options)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return CORSMiddleware(super().build_middleware_stack(), **self.cors_options)
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    keys = load_api_keys(settings)  # before anything starts: a bad key list stops here
     runtime = runtime or build_runtime(settings)
 
     @asynccontextmanager
@@ -66,28 +93,43 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = CorsOutermostApp(
         title="CosyVoice serving API",
         version="3.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        cors_options={
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["*"],
+            "allow_headers": ["*"],
+            "expose_headers": [
+                "Content-Range",
+                "Content-Length",
+                "X-Sample-Rate",
+                "Retry-After",
+                "WWW-Authenticate",
+            ],
+            "allow_credentials": False,
+        },
     )
     app.state.runtime = runtime
     app.state.settings = settings
     install_error_handlers(app)
+    # add_middleware puts each one outside the ones before it: from the inside out,
+    # JSON depth, upload limit, API key, rate limit; CORS wraps them all (CorsOutermostApp). The
+    # limiter runs before the key check so that guessing keys is rate limited too.
+    app.add_middleware(JsonDepthMiddleware, max_depth=settings.max_json_depth)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=["Content-Range", "Content-Length", "X-Sample-Rate"],
-        allow_credentials=False,
-    )
-    if settings.api_key:
-        from .auth import ApiKeyMiddleware
-
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
+    limits = ClientLimits(settings.rate_limit, settings.max_concurrent_requests_per_client)
+    if limits.any_limit(keys.keys):
+        app.add_middleware(
+            RateLimitMiddleware,
+            limits=limits,
+            identify=lambda scope: keys.authenticate(scope).key if keys else None,
+        )
+    install_log_redaction()
 
     app.include_router(health.build_router())
     for module, versions in ROUTE_MODULES:

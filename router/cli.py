@@ -7,7 +7,6 @@ cosyvoice-api predictor   the KServe model server wrapping one engine
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -24,11 +23,15 @@ def _serve(argv: list[str]) -> None:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides)
     level = "debug" if settings.debug else settings.log_level
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+
+    from .logs import install_safe_logging
+
+    # Before anything logs: every line, uvicorn's included, goes through one formatter
+    # that escapes control characters and redacts keys (router/logs.py).
+    install_safe_logging(level)
 
     from .app import create_app
+    from .http_limits import uvicorn_options
 
     app = create_app(settings)
     uvicorn.run(
@@ -36,10 +39,9 @@ def _serve(argv: list[str]) -> None:
         host=settings.host,
         port=settings.port,
         log_level=level,
+        log_config=None,  # keep the handler installed above
         timeout_graceful_shutdown=30,
-        ws_ping_interval=20,
-        # Base64 audio barely compresses; deflating it costs more CPU than it saves.
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -8,6 +8,7 @@ Every error body is `{"detail": ...}`. FastAPI's request validation errors becom
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,6 +68,13 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _headers_for(exc: errors.CosyVoiceError) -> dict[str, str] | None:
+    """A full queue tells the client when to come back (whole seconds, at least 1)."""
+    if isinstance(exc, errors.Overloaded):
+        return {"Retry-After": str(max(math.ceil(exc.retry_after), 1))}
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.CosyVoiceError)
     async def _platform_error(request: Request, exc: errors.CosyVoiceError) -> JSONResponse:
@@ -75,13 +83,20 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("%s %s -> %d: %s", request.method, request.url.path, status, exc.detail)
         else:
             log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.detail)
-        return JSONResponse({"detail": exc.detail}, status_code=status)
+        return JSONResponse({"detail": exc.detail}, status_code=status, headers=_headers_for(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = _describe_validation(exc)
         log.info("%s %s -> 400: %s", request.method, request.url.path, detail)
         return JSONResponse({"detail": detail}, status_code=400)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # Only input nested past the interpreter's limit gets here (a JSON body parsed
+        # without MAX_JSON_DEPTH's check first): the client's fault, never a 500.
+        log.info("%s %s -> 400: input nested too deeply", request.method, request.url.path)
+        return JSONResponse({"detail": "The request is nested too deeply"}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,10 +9,13 @@ inside a `data:` line would end the event early, so every payload is split into 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from pydantic import BaseModel
 
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -53,3 +56,42 @@ class SseEncoder:
         text = _data_text(data)
         lines.extend(f"data: {line}" for line in _LINE_BREAK.split(text))
         return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
+
+
+async def with_keepalive(events: AsyncIterator[bytes], every: float) -> AsyncIterator[bytes]:
+    """`events`, with a comment line whenever none has left for `every` seconds.
+
+    A stream waiting for an engine slot, or for a slow phrase, sends nothing; proxies and
+    ingresses close a response idle for their time-out (often 60 s). A comment keeps it
+    open and is ignored by every SSE client. The next event is awaited in a task of its
+    own so the wait can be given up on without cancelling the work behind it; when this
+    generator is closed (the client went away), that task is cancelled and `events`
+    closed, which stops the synthesis.
+    """
+    iterator = aiter(events)
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield KEEPALIVE_COMMENT
+                continue
+            finished, pending = pending, None
+            try:
+                event = finished.result()
+            except StopAsyncIteration:
+                return
+            yield event
+    finally:
+        with anyio.CancelScope(shield=True):
+            if pending is not None:
+                pending.cancel()
+                await asyncio.wait({pending})
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()

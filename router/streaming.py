@@ -49,7 +49,7 @@ from core.schemas.streaming import (
 from core.services.streams import StreamKind, StreamRegistry, StreamTicket
 from core.wiring import Runtime
 
-from .sse import SSE_HEADERS, SSE_MEDIA_TYPE, SseEncoder
+from .sse import SSE_HEADERS, SSE_MEDIA_TYPE, SseEncoder, with_keepalive
 
 log = logging.getLogger("router.streaming")
 
@@ -64,6 +64,13 @@ def stream_registry(runtime: Runtime) -> StreamRegistry:
         registry = StreamRegistry(runtime.settings.max_concurrent_streams)
         runtime.extras[_REGISTRY_KEY] = registry
     return registry
+
+
+def streaming_latency_ms(runtime: Runtime, version: ApiVersion) -> float | None:
+    """Measured time to first audio: recent streams, else the engine's warm-up."""
+    client = runtime.synthesis.client(version)
+    engine_seconds = getattr(client, "first_chunk_seconds", None)
+    return stream_registry(runtime).reported_latency_ms(engine_seconds)
 
 
 def checked_stream_format(fmt: str) -> str:
@@ -444,7 +451,12 @@ async def sse_stream_response(
     )
     return AudioStreamResponse(
         stream,
-        _sse_body(stream, fmt, version, request_id),
+        # Comments while the stream waits (for an engine slot, a slow phrase) keep
+        # proxies from closing it as idle.
+        with_keepalive(
+            _sse_body(stream, fmt, version, request_id),
+            runtime.settings.sse_keepalive_seconds,
+        ),
         media_type=SSE_MEDIA_TYPE,
         headers=SSE_HEADERS,
     )

@@ -1,38 +1,80 @@
-"""Fixtures every test layer shares: where the repository and the test clips are."""
+"""Fixtures and hooks every test layer shares.
+
+- where the repository is, and the speech clips the tests upload (`TESTDATA`, made by
+  tests/speech.py with the development engine, so a fresh clone runs every test);
+- `skip_missing_data(reason)`: the one way to skip for want of test data or of a tool
+  from outside the project. Under `CI=true` such a skip fails the test, so a CI run
+  cannot report success while quietly skipping; tests marked `weights` or `gpu` still
+  skip, since no CI machine is expected to have the real weights or a GPU.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Generator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+from tests import speech
+
+pytest_plugins = ["pytester"]  # tests/unit/test_ci_skips.py runs pytest inside pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
+TESTDATA = speech.CLIP_DIR
+MANDARIN_TRANSCRIPT = speech.MANDARIN_TRANSCRIPT
+
+# Tests with these markers need what a CI machine is not expected to have.
+CI_MAY_SKIP_MARKERS = ("weights", "gpu")
 
 
-def require_test_clips() -> None:
-    """Skip (with the reason) where the speech clips beside the checkout are missing."""
-    if not TESTDATA.is_dir():
-        pytest.skip(f"test clips not found at {TESTDATA} (shared/ beside the checkout)")
+class MissingTestData(pytest.skip.Exception):
+    """A skip because test data or a tool from outside the project is missing."""
 
 
-@pytest.fixture(scope="session")
+def skip_missing_data(reason: str) -> NoReturn:
+    """Skip the test for want of its data or of an outside tool (a failure under CI=true)."""
+    raise MissingTestData(reason)
+
+
+def running_on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if (
+        report.skipped
+        and call.excinfo is not None
+        and call.excinfo.errisinstance(MissingTestData)
+        and running_on_ci()
+        and not any(item.get_closest_marker(name) for name in CI_MAY_SKIP_MARKERS)
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped for missing test data, which fails the run under CI=true: "
+            f"{call.excinfo.value.msg}"
+        )
+    return report
+
+
+@pytest.fixture(scope="session", autouse=True)
 def testdata() -> Path:
-    if not TESTDATA.is_dir():
-        pytest.skip(f"test clips not found at {TESTDATA}")
-    return TESTDATA
+    """The folder of generated speech clips, made on first use (see tests/speech.py)."""
+    return speech.write_clips()
 
 
 @pytest.fixture(scope="session")
 def mandarin_clip(testdata: Path) -> bytes:
     """Mandarin, female, 3.5 s, 24 kHz float WAV; transcript in MANDARIN_TRANSCRIPT."""
-    return (testdata / "zero_shot_prompt.wav").read_bytes()
+    return (testdata / speech.MANDARIN.filename).read_bytes()
 
 
 @pytest.fixture(scope="session")
 def english_clip(testdata: Path) -> bytes:
-    """English, 13.8 s, 22.05 kHz 16-bit WAV, no transcript."""
-    return (testdata / "cross_lingual_prompt.wav").read_bytes()
-
-
-MANDARIN_TRANSCRIPT = "希望你以后能够做的比我还好呦。"
+    """English, male, 13.8 s, 22.05 kHz 16-bit WAV, used without transcript."""
+    return (testdata / speech.ENGLISH.filename).read_bytes()

@@ -23,6 +23,15 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.asarray(soxr.resample(audio, from_rate, to_rate, quality="HQ"), dtype=np.float32)
 
 
+def mix_to_mono(frames: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 to mono: the mean of the channels."""
+    if frames.ndim == 1:
+        return np.asarray(frames, dtype=np.float32)
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
+    return frames.mean(axis=1, dtype=np.float32)
+
+
 def join_segments(
     segments: list[np.ndarray],
     sample_rate: int,

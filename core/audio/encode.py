@@ -156,16 +156,23 @@ def _with_gapless_header(frames: bytes, input_samples: int, input_rate: int) -> 
     first = _parse_frame_header(frames, 0)
     if first is None:
         return frames
-    frame_count = _count_frames(frames)
+    tag = _info_frame(first, _count_frames(frames), len(frames), input_samples, input_rate)
+    return frames if tag is None else tag + frames
+
+
+def _info_frame(
+    first: _FrameHeader, frame_count: int, frames_bytes: int, input_samples: int, input_rate: int
+) -> bytes | None:
+    """The "Info" frame for a stream of `frame_count` frames; None when it cannot be made."""
     # LAME resamples unusual input rates; delay and padding count output samples.
     output_samples = round(input_samples * first.sample_rate / input_rate)
     padding = frame_count * first.samples_per_frame - _LAME_ENCODER_DELAY - output_samples
     if not 0 <= padding < 4096:
-        return frames
+        return None
     header = bytes((first.raw[0], first.raw[1], first.raw[2] & ~0x02, first.raw[3]))
-    frame_length = (144 if first.mpeg1 else 72) * first.bitrate // first.sample_rate
+    frame_length = info_frame_length(first)
     side_info = (17 if first.mono else 32) if first.mpeg1 else (9 if first.mono else 17)
-    total_bytes = len(frames) + frame_length
+    total_bytes = frames_bytes + frame_length
 
     tag = bytearray(header + bytes(side_info))
     tag += b"Info" + struct.pack(">III", 0x0F, frame_count, total_bytes)
@@ -177,8 +184,56 @@ def _with_gapless_header(frames: bytes, input_samples: int, input_rate: int) -> 
     tag += bytes(1 + 1 + 2) + struct.pack(">I", total_bytes) + bytes(2)  # music CRC unset
     tag += struct.pack(">H", _crc16(bytes(tag)))
     if len(tag) > frame_length:
-        return frames
-    return bytes(tag) + bytes(frame_length - len(tag)) + frames
+        return None
+    return bytes(tag) + bytes(frame_length - len(tag))
+
+
+def info_frame_length(first: _FrameHeader) -> int:
+    """Bytes of the "Info" frame that goes before a stream starting with `first`."""
+    return (144 if first.mpeg1 else 72) * first.bitrate // first.sample_rate
+
+
+class Mp3Framing:
+    """Follows an MP3 stream written piece by piece: its first frame and its frame count,
+    which the gapless "Info" frame needs, without keeping the stream in memory."""
+
+    def __init__(self) -> None:
+        self.first: _FrameHeader | None = None
+        self.frames = 0
+        self.size = 0
+        self._next = 0  # offset of the next frame header in the stream
+        self._pending = b""  # bytes from `_next` on that do not hold a whole header yet
+        self._broken = False
+
+    def feed(self, data: bytes) -> None:
+        start = self.size
+        self.size += len(data)
+        if self._broken or not data:
+            return
+        if self._next > start:
+            skip = self._next - start
+            if skip >= len(data):
+                return
+            data = data[skip:]
+            start = self._next
+        buffer = self._pending + data
+        offset = 0
+        while offset + 4 <= len(buffer):
+            frame = _parse_frame_header(buffer, offset)
+            if frame is None:
+                self._broken = True  # not LAME's output: no gapless header then
+                return
+            if self.first is None:
+                self.first = frame
+            self.frames += 1
+            offset += frame.length
+        self._next = self.size - len(buffer) + offset
+        self._pending = buffer[offset:] if offset < len(buffer) else b""
+
+    def info_frame(self, input_samples: int, input_rate: int) -> bytes | None:
+        if self._broken or self.first is None:
+            return None
+        return _info_frame(self.first, self.frames, self.size, input_samples, input_rate)
 
 
 def audio_duration(data: bytes) -> float:

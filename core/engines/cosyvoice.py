@@ -63,14 +63,19 @@ from ..errors import EngineNotReady, InvalidInput, SynthesisFailed
 from ..ports import Clip, EngineInfo
 from .base import EngineRequest
 from .instructions import to_cosyvoice_instruction
-from .text import CHINESE_DIALECTS, SUPPORTED_LANGUAGES, split_sentences
+from .text import (
+    CHINESE_DIALECTS,
+    END_OF_PROMPT,
+    SUPPORTED_LANGUAGES,
+    check_renderable,
+    split_sentences,
+)
 
 logger = logging.getLogger(__name__)
 
 Family = Literal["cosyvoice3", "cosyvoice2"]
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-END_OF_PROMPT = "<|endofprompt|>"
 STREAM_HOP_TOKENS = 25
 
 _MIN_PROMPT_RATE = 16000  # upstream's frontend refuses less
@@ -392,8 +397,7 @@ class CosyVoiceEngine:
 
     def synthesize(self, request: EngineRequest) -> Iterator[np.ndarray]:
         model = self._loaded()
-        if END_OF_PROMPT in request.text:
-            raise InvalidInput(f"the text must not contain {END_OF_PROMPT}")
+        check_renderable(request.text)
         sentences = _sentences(request.text)
         if not sentences:
             raise InvalidInput("the text has nothing to speak")

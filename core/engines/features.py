@@ -9,6 +9,11 @@ A stored features object is bound to the prompt text it was extracted with: the 
 key (`core.domain.features_key`) names the voice, model and clip hash, and a small
 header inside the object names the transcript, so editing a voice's transcript never
 serves features of the old one.
+
+The clip hash in a `VoicePrompt` must be computed by this platform from the bytes it
+decodes (the voice record's hash of its stored sample, or the predictor's hash of the
+bytes it read), never taken from a caller: the cache trusts it to name the clip.
+Deleting or replacing a voice drops its features here (`forget`) and in the blob store.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 `auto` serves the real model when its code and weights are present and otherwise the
 espeak development engine, with a warning that /health repeats, so nobody mistakes one
 for the other. `cosyvoice` refuses to fall back: a missing piece is an error with the
-reason. Nothing heavy is imported here; torch and the upstream package load with the
-engine.
+reason, naming the model (the wiring serves the other slot and answers 503 for this one;
+see `core.wiring.build_synthesis_clients`). Nothing heavy is imported here; torch and the
+upstream package load with the engine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..domain import EngineSlot
 from ..errors import EngineNotReady
 from ..settings import EngineChoice, Settings
 from .base import Engine
-from .cosyvoice import CosyVoiceEngine, Family, checkout_problem, weights_problem
+from .cosyvoice import CosyVoiceEngine, Family, checkout_problem, model_name, weights_problem
 from .espeak import EspeakEngine
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ _FAMILY_OF_SLOT: dict[EngineSlot, Family] = {
     EngineSlot.v3: "cosyvoice3",
     EngineSlot.v2: "cosyvoice2",
 }
+
+
+def slot_model_name(slot: EngineSlot) -> str:
+    """The CosyVoice model that serves `slot`, e.g. "CosyVoice2-0.5B" for v1/v2."""
+    return model_name(_FAMILY_OF_SLOT[slot])
 
 
 def build_engine(settings: Settings, slot: EngineSlot) -> tuple[Engine, str | None]:
@@ -60,7 +66,9 @@ def build_engine(settings: Settings, slot: EngineSlot) -> tuple[Engine, str | No
         )
         return engine, None
     if settings.engine is EngineChoice.cosyvoice:
-        raise EngineNotReady(f"CosyVoice engine for {slot.value} unavailable: {reason}")
+        raise EngineNotReady(
+            f"CosyVoice engine for {slot.value} unavailable: {reason} (model {model_name(family)})"
+        )
     warning = f"CosyVoice unavailable ({reason}): serving the espeak development engine"
     logger.warning("%s: %s", slot.value, warning)
     return EspeakEngine(), warning

@@ -11,6 +11,12 @@ passes, the call's cancel flag is set; the engine thread notices it at the next 
 closes the engine's generator (which releases what it holds) and only then gives its
 slot back, so a cancelled call never overlaps with the one admitted after it.
 
+Admission: at most `max_queued` calls wait for a slot. Beyond that a new call is refused
+at once with `Overloaded` (503 with a Retry-After estimated from the queue and the
+measured time of a call) instead of joining a queue that would outlast its client and
+hold its memory meanwhile. Background calls (task renders) are never refused: their
+queue is the task queue, and they only wait here for their turn.
+
 Deadlines: a call that is still waiting for a slot when its deadline passes raises
 `Busy` (503: the engine is saturated); a call whose engine work overruns it raises
 `SynthesisFailed`.
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -32,10 +39,11 @@ from typing import Any
 import numpy as np
 import soxr
 
-from ..errors import Busy, CosyVoiceError, EngineNotReady, SynthesisFailed
+from ..errors import Busy, CosyVoiceError, EngineNotReady, Overloaded, SynthesisFailed
 from ..ports import AudioChunk, Clip, EngineInfo, SynthesisRequest
 from .base import Engine, EngineRequest
 from .features import FeatureCache
+from .warmup import time_to_first_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ ClipLoader = Callable[[], Awaitable[Clip]]
 
 _CREDIT_POLL_SECONDS = 0.05
 _LATENCY_SMOOTHING = 0.2  # weight of the newest sample in the first-chunk average
+_CALL_SMOOTHING = 0.2  # weight of the newest call in the call-duration average
 
 
 class EngineRunner:
@@ -57,11 +66,15 @@ class EngineRunner:
         feature_cache: FeatureCache,
         buffered_chunks: int = 4,
         stop_grace: float = 30.0,
+        max_queued: int | None = None,
+        warm_up: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if max_queued is not None and max_queued < 0:
+            raise ValueError("max_queued must not be negative")
         self._engine = engine
         self._timeout = timeout
         self._feature_cache = feature_cache
@@ -71,6 +84,8 @@ class EngineRunner:
         self._calls: set[_Call] = set()
         self._numbers = itertools.count(1)
         self.concurrency = concurrency
+        self.max_queued = max_queued  # None = no bound
+        self._warm_up_at_start = warm_up
         self.ready = False
         self.load_error: str | None = None
         self.active = 0
@@ -80,6 +95,8 @@ class EngineRunner:
         self.cancelled = 0
         self.stuck = 0  # engine threads that ignored a stop request (see `_abandon`)
         self.first_chunk_seconds: float | None = None
+        self.call_seconds: float | None = None  # average time a call holds its slot
+        self.refused = 0
 
     @property
     def engine(self) -> Engine:
@@ -106,9 +123,22 @@ class EngineRunner:
             logger.exception("engine %s failed to load", type(self._engine).__name__)
             self.load_error = f"{type(exc).__name__}: {exc}"
         else:
+            if self._warm_up_at_start:
+                await self.warm_up()
             self.ready = True
         if self.load_error:
             logger.error("engine not ready: %s", self.load_error)
+
+    async def warm_up(self) -> None:
+        """One short synthesis (see `warmup.py`); its time to first audio is the first
+        `first_chunk_seconds`. A failure is logged, never raised: the engine loaded."""
+        try:
+            seconds = await asyncio.to_thread(time_to_first_chunk, self._engine)
+        except Exception as exc:
+            logger.warning("warm-up synthesis failed, latency unknown until a call: %s", exc)
+            return
+        self._record_first_chunk(seconds)
+        logger.info("engine warmed up: first audio after %.0f ms", seconds * 1000)
 
     async def close(self) -> None:
         """Stop every running call and give the engine threads time to finish a chunk."""
@@ -121,13 +151,39 @@ class EngineRunner:
     def synthesize(
         self, request: SynthesisRequest, clip_loader: ClipLoader
     ) -> AsyncGenerator[AudioChunk, None]:
+        """The call's chunks. A full queue refuses here, before anything starts, so a
+        stream can still answer 503; the generator checks again when it queues."""
+        self._admit(request)
         return self._run(request, clip_loader)
+
+    def retry_after(self) -> float:
+        """Seconds until the queue ahead of a newcomer has likely drained (at least 1)."""
+        per_call = self.call_seconds or 1.0
+        ahead = self.queued + self.active
+        return max(1.0, math.ceil(per_call * ahead / self.concurrency))
+
+    def _admit(self, request: SynthesisRequest) -> None:
+        if not self.ready:
+            raise EngineNotReady(self.load_error or "the engine is still loading")
+        if (
+            request.background
+            or self.max_queued is None
+            or not self._slots.would_wait
+            or self.queued < self.max_queued
+        ):
+            return
+        self.refused += 1
+        raise Overloaded(
+            f"The server is busy: {self.queued} syntheses are waiting for the "
+            f"{self.concurrency} engine slot(s) (MAX_QUEUED_SYNTHESES={self.max_queued}); "
+            "try again later",
+            self.retry_after(),
+        )
 
     async def _run(
         self, request: SynthesisRequest, clip_loader: ClipLoader
     ) -> AsyncGenerator[AudioChunk, None]:
-        if not self.ready:
-            raise EngineNotReady(self.load_error or "the engine is still loading")
+        self._admit(request)
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._timeout
@@ -144,6 +200,7 @@ class EngineRunner:
             self.queued -= 1
 
         self.active += 1
+        admitted = loop.time()
         try:
             clip, features = await self._features(request, clip_loader, deadline)
         except BaseException:
@@ -152,7 +209,10 @@ class EngineRunner:
             raise
         # From here on the engine thread owns the slot: it is given back when the thread
         # has closed the engine's generator, not when the consumer leaves.
-        call = _Call(loop, self._buffered_chunks, next(self._numbers))
+        native_rate = self._engine.info.sample_rate
+        # Resampled in the engine thread, so the event loop never does signal work.
+        resampler = _ChunkResampler(native_rate, request.sample_rate or native_rate)
+        call = _Call(loop, self._buffered_chunks, next(self._numbers), resampler)
         self._calls.add(call)
         call.start(
             self._engine.synthesize,
@@ -173,6 +233,7 @@ class EngineRunner:
             raise
         else:
             self.completed += 1
+            self._record_call(loop.time() - admitted)
         finally:
             call.cancel.set()
             if not call.finished.is_set():
@@ -193,9 +254,7 @@ class EngineRunner:
         self, call: _Call, request: SynthesisRequest, deadline: float, started: float
     ) -> AsyncIterator[AudioChunk]:
         loop = asyncio.get_running_loop()
-        native_rate = self._engine.info.sample_rate
-        target_rate = request.sample_rate or native_rate
-        resampler = _ChunkResampler(native_rate, target_rate)
+        target_rate = request.sample_rate or self._engine.info.sample_rate
         first = True
         try:
             while True:
@@ -211,14 +270,9 @@ class EngineRunner:
                 if kind == "error":
                     raise _as_synthesis_error(payload)
                 if kind == "end":
-                    tail = resampler.flush()
-                    if tail.size:
-                        yield AudioChunk(samples=tail, sample_rate=target_rate)
                     return
                 call.credits.release()
-                samples = resampler.push(payload)
-                if samples.size == 0:
-                    continue
+                samples = payload
                 if first:
                     first = False
                     self._record_first_chunk(loop.time() - started)
@@ -230,6 +284,12 @@ class EngineRunner:
         previous = self.first_chunk_seconds
         self.first_chunk_seconds = (
             seconds if previous is None else previous + _LATENCY_SMOOTHING * (seconds - previous)
+        )
+
+    def _record_call(self, seconds: float) -> None:
+        previous = self.call_seconds
+        self.call_seconds = (
+            seconds if previous is None else previous + _CALL_SMOOTHING * (seconds - previous)
         )
 
     def _return_slot(self, call: _Call) -> None:
@@ -268,7 +328,13 @@ class EngineRunner:
 class _Call:
     """The two ends of one synthesis: the engine thread and the event-loop consumer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, window: int, number: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        window: int,
+        number: int,
+        resampler: _ChunkResampler,
+    ) -> None:
         self._loop = loop
         self.number = number
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -277,6 +343,7 @@ class _Call:
         self.finished = threading.Event()
         self.abandoned = False
         self.watchdog: asyncio.TimerHandle | None = None
+        self.resampler = resampler
 
     def start(
         self,
@@ -308,9 +375,17 @@ class _Call:
         try:
             chunks = synthesize(request)
             for samples in chunks:
+                audio = self.resampler.push(samples)
+                if audio.size == 0:
+                    continue
                 if not self._wait_for_credit():
                     return
-                self._post(("chunk", samples))
+                self._post(("chunk", audio))
+            tail = self.resampler.flush()
+            if tail.size:
+                if not self._wait_for_credit():
+                    return
+                self._post(("chunk", tail))
             self._post(("end", None))
         except BaseException as exc:
             self._post(("error", exc))
@@ -345,6 +420,11 @@ class _FifoSlots:
     def __init__(self, slots: int) -> None:
         self._free = slots
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def would_wait(self) -> bool:
+        """True when a newcomer could not take a slot at once."""
+        return self._free <= 0 or bool(self._waiters)
 
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import InvalidInput
+
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("zh", "en", "ja", "ko", "de", "es", "fr", "it", "ru")
 
 # The 17 Chinese dialects upstream CosyVoice was trained to speak on instruction.
@@ -42,6 +44,24 @@ _SENTENCE_END = re.compile(
 )
 _CLAUSE_END = re.compile(r"(?:[，、,：:]+\s*)")
 _SPEAKABLE = re.compile(r"\w", re.UNICODE)
+
+END_OF_PROMPT = "<|endofprompt|>"
+# Tokens the CosyVoice models read as prompt structure, never as words: in a text to
+# speak they end the prompt early or make the model's stream never finish.
+PROMPT_MARKERS: tuple[str, ...] = (END_OF_PROMPT, "<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def check_renderable(text: str) -> None:
+    """InvalidInput for text no engine can render: prompt markers, or nothing to speak.
+
+    The CosyVoice engine runs this before every synthesis and task creation runs it too,
+    so a task that could never render is refused when it is created, not when it runs.
+    """
+    for marker in PROMPT_MARKERS:
+        if marker in text:
+            raise InvalidInput(f"the text must not contain {marker} (a model control token)")
+    if not _SPEAKABLE.search(text):
+        raise InvalidInput("the text has nothing to speak")
 
 
 def split_sentences(text: str, max_chars: int = 200) -> list[str]:

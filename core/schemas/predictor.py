@@ -21,8 +21,10 @@ input, 422 unusable clip, 503 not ready or saturated, 500 engine failure) and a 
 `{"error": "<detail>", "type": "<error class>"}`.
 
 A voice travels inline (`audio`: the reference clip as a base64 audio file) or by
-reference (`voice_id` + `sample_key` in the shared blob store); `sha256` is the clip's
-content hash either way and keys the voice features the predictor caches.
+reference (`voice_id` + `sample_key` in the shared blob store). The predictor keys the
+voice features it caches by the SHA-256 of the bytes it reads itself; the `sha256` a
+caller sends is only checked for shape, so no caller can file features under a hash
+that is not their clip's.
 
 `GET /v1/models/<name>/metadata` describes the engine (`PredictorMetadata`) with the
 counters of its synthesis queue and feature cache.
@@ -66,7 +68,10 @@ class VoiceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the clip (64 hex).")
+    sha256: str = Field(
+        pattern=SHA256_PATTERN,
+        description="SHA-256 of the clip (64 hex); advisory: the predictor hashes what it reads.",
+    )
     audio: str | None = Field(
         None, description="The reference clip itself: a WAV, FLAC or MP3 file, base64."
     )
@@ -75,7 +80,7 @@ class VoiceSpec(BaseModel):
         None,
         max_length=512,
         pattern=SAMPLE_KEY_PATTERN,
-        description="Blob store key of the stored sample, e.g. voices/<id>/sample.wav.",
+        description="Blob store key of the stored sample, e.g. voices/<id>/samples/<sha256>.flac.",
     )
     # Sanity bounds only: the API validates the real limits before a request gets here.
     prompt_text: str | None = Field(None, max_length=10_000, description="Transcript of the clip.")

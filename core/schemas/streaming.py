@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .synthesis import INSTRUCT_FIELD, SPEED_FIELD
 
-STREAM_FORMATS: tuple[str, ...] = ("wav", "mp3", "pcm")
-"""Formats that stream (flac needs its whole length before its header can be written)."""
+STREAM_FORMATS: tuple[str, ...] = ("wav", "mp3", "flac", "pcm")
+"""Formats that stream: every output format, and raw 16-bit PCM."""
 
 CHUNK_SIZE_MIN = 256
 CHUNK_SIZE_MAX = 8192
@@ -70,7 +70,10 @@ class SseAudioChunk(BaseModel):
     chunk_index: int = Field(ge=1, description="1-based.")
     chunk_size: int = Field(description="Bytes of audio in this event (decoded audio_data).")
     total_bytes: int = Field(description="Bytes of audio sent so far, this event included.")
-    audio_data: str = Field(description="Base64: a small WAV file, MP3 frames or raw PCM.")
+    audio_data: str = Field(
+        description="Base64: a small WAV or FLAC file, MP3 frames or raw PCM (empty for a "
+        "final event that only marks the end)."
+    )
     is_final: bool
     timestamp: float = Field(default_factory=now_timestamp)
     sample_rate: int
@@ -111,7 +114,7 @@ class TextRequest(BaseModel):
     request_id: str = Field(default_factory=_new_request_id, min_length=1, max_length=128)
     text: str
     voice_id: str = Field(min_length=1, max_length=64)
-    format: str = Field("wav", description="wav, mp3 or pcm")
+    format: str = Field("wav", description="wav, mp3, flac or pcm")
     speed: float = SPEED_FIELD
     quality: StreamQuality = StreamQuality.medium
     instruct_text: str | None = INSTRUCT_FIELD
@@ -185,7 +188,7 @@ class AudioChunkMessage(BaseModel):
     message_type: Literal["audio_chunk"] = "audio_chunk"
     request_id: str
     timestamp: float = Field(default_factory=now_timestamp)
-    audio_data: str = Field(description="Base64: a small WAV file, MP3 frames or raw PCM.")
+    audio_data: str = Field(description="Base64: a small WAV or FLAC file, MP3 frames or raw PCM.")
     metadata: ChunkMetadata
 
 
@@ -245,7 +248,8 @@ class StreamingHealth(BaseModel):
     supported_qualities: list[str] = [quality.value for quality in StreamQuality]
     protocols: list[str] = ["http-chunked", "sse", "websocket"]
     latency_ms: float | None = Field(
-        description="Median time to first audio of recent streams (null before any)."
+        description="Median time to first audio of recent streams; before any, the engine's "
+        "time to first audio measured when it warmed up (null only if that failed)."
     )
     active_streams: int = Field(description="Streams in flight on this server, every version.")
     streams_by_protocol: dict[str, int] = Field(description="active_streams by http/sse/websocket.")

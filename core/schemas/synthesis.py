@@ -67,10 +67,12 @@ class PhonemeSupport(BaseModel):
 class StreamingSupport(BaseModel):
     enabled: bool = True
     latency_ms: float | None = Field(
-        None, description="Measured time to first audio of recent streams (None before any)."
+        None,
+        description="Median time to first audio of recent streams; before any, the engine's "
+        "time to first audio measured when it warmed up (None only if that failed).",
     )
     protocols: list[str] = ["http-chunked", "sse", "websocket"]
-    formats: list[str] = ["wav", "mp3", "pcm"]
+    formats: list[str] = ["wav", "mp3", "flac", "pcm"]
 
 
 class Features(BaseModel):

@@ -11,9 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from ..domain import ApiVersion, AudioFormat, Priority, Task, TaskKind, TaskStatus
+from ..services.netguard import MAX_CALLBACK_URL_LENGTH, callback_url_problem
 from .common import iso_utc
 from .synthesis import INSTRUCT_FIELD, SPEED_FIELD
 
@@ -26,10 +27,24 @@ TEXT_FIELD = Field(
 )
 CALLBACK_FIELD = Field(
     None,
-    max_length=2048,
+    max_length=MAX_CALLBACK_URL_LENGTH,
     description="http(s) URL that receives the final status object (signed POST) when the "
-    "task completes, fails or is cancelled. Private and loopback addresses are refused.",
+    "task completes, fails or is cancelled. No whitespace or control characters; private "
+    "and loopback addresses are refused.",
 )
+
+
+def _callback_url(value: str | None) -> str | None:
+    """Refuse at registration what could never be delivered ("" means no callback)."""
+    if not value:
+        return None
+    problem = callback_url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+CallbackUrl = Annotated[str | None, AfterValidator(_callback_url)]
 METADATA_FIELD = Field(
     default_factory=dict, description="Any JSON object; returned unchanged with the task."
 )
@@ -58,7 +73,7 @@ class TaskCreateRequest(BaseModel):
     format: AudioFormat = AudioFormat.wav
     speed: float = SPEED_FIELD
     instruct_text: str | None = INSTRUCT_FIELD
-    callback_url: str | None = CALLBACK_FIELD
+    callback_url: CallbackUrl = CALLBACK_FIELD
     metadata: dict[str, Any] = METADATA_FIELD
 
 
@@ -93,7 +108,7 @@ class AsyncCreateRequest(BaseModel):
     format: AudioFormat = AudioFormat.wav
     speed: float = SPEED_FIELD
     instruct_text: str | None = Field(None, description="Refused here: v3 only.")
-    callback_url: str | None = CALLBACK_FIELD
+    callback_url: CallbackUrl = CALLBACK_FIELD
 
 
 class RenderSubmission(BaseModel):
@@ -276,7 +291,10 @@ class RenderAllResponse(BaseModel):
 
 class QueueStats(BaseModel):
     total_tasks: int
-    status_counts: dict[str, int]
+    status_counts: dict[str, int] = Field(
+        description="Scheduled tasks by status (pending, scheduled, processing, completed, "
+        "failed, cancelled; zeros included). They add up to total_tasks."
+    )
     priority_counts: dict[str, int]
     average_synthesis_time: float | None = Field(
         description="Mean seconds per completed task (None before any completed)."

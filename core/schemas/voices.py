@@ -2,12 +2,63 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+)
 
-from ..domain import AudioFormat, Voice, VoiceType
+from ..domain import VOICE_ID_PATTERN, AudioFormat, Voice, VoiceType
+from ..errors import InvalidInput
 from .common import iso_utc
+
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$"
+_LINE_BREAKS = frozenset("\n\r\t")
+
+
+def _single_line(value: str) -> str:
+    """Stripped, with no control characters (NUL, escapes, line breaks) at all."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters")
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _text(value: str) -> str:
+    """Free text: line breaks and tabs are fine, other control characters are not."""
+    if any(unicodedata.category(c) == "Cc" and c not in _LINE_BREAKS for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _optional_text(value: str | None) -> str | None:
+    """An empty transcript is no transcript."""
+    return (value or "").strip() or None
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+# The field rules of a voice, shared by create (form fields) and update (JSON or form),
+# so both accept and refuse exactly the same values.
+VoiceName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
+VoiceDescription = Annotated[str, Field(max_length=2000), AfterValidator(_text)]
+VoiceLanguage = Annotated[
+    str,
+    Field(pattern=LANGUAGE_PATTERN, description="Language of the sample (zh, en, ja, ...)."),
+    AfterValidator(str.lower),
+]
+PromptText = Annotated[
+    str | None, Field(max_length=2000), AfterValidator(lambda v: _optional_text(_text(v or "")))
+]
 
 
 class VoicePublic(BaseModel):
@@ -42,7 +93,7 @@ class VoicePublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     audio_format: AudioFormat = Field(description="Container detected from the upload's bytes.")
-    file_size: int = Field(description="Bytes of the stored sample.")
+    file_size: int = Field(description="Bytes of the uploaded clip.")
     duration: float = Field(description="Seconds of the decoded sample.")
     sample_rate: int = Field(description="Sample rate of the uploaded clip, Hz.")
     is_active: bool = True
@@ -63,17 +114,43 @@ class VoiceList(BaseModel):
     page_size: int
 
 
+class VoiceFields(BaseModel):
+    """The form fields of a new voice (POST), checked by the same rules as an update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voice_id: str = Field(pattern=VOICE_ID_PATTERN)
+    name: VoiceName
+    voice_type: VoiceType
+    description: VoiceDescription | None = None
+    language: VoiceLanguage | None = None
+    prompt_text: PromptText = None
+
+
 class VoiceUpdate(BaseModel):
     """PUT body: every field optional; only the fields sent change."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=2000)
-    language: str | None = Field(None, max_length=16)
-    prompt_text: str | None = Field(None, max_length=2000)
+    name: VoiceName | None = None
+    description: VoiceDescription | None = None
+    language: VoiceLanguage | None = None
+    prompt_text: PromptText = None
     voice_type: VoiceType | None = None
     is_active: bool | None = None
+
+
+def checked_voice_fields(model: type[_M], raw: dict[str, object]) -> _M:
+    """Validate voice fields; InvalidInput (400) names every field that is wrong."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise InvalidInput(problems) from None
 
 
 class VoiceDeleted(BaseModel):

@@ -41,6 +41,7 @@ METADATA_ADDRESSES = frozenset(
 )
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
 RESOLVE_TIMEOUT = 5.0
+MAX_CALLBACK_URL_LENGTH = 2048
 
 
 class CallbackRejected(InvalidInput):
@@ -117,19 +118,42 @@ def refusal(ip: IPAddress, *, allow_private: bool) -> str | None:
     return reason
 
 
+def callback_url_problem(url: str) -> str | None:
+    """Why `url` can never be a callback (syntax only, no DNS), or None when it can be.
+
+    Whitespace and control characters are refused rather than cleaned: `urlsplit` drops
+    tabs and line breaks silently while the HTTP client refuses them, so a URL that
+    carries one would pass here and fail at every delivery.
+    """
+    if len(url) > MAX_CALLBACK_URL_LENGTH:
+        return f"callback_url is {len(url)} characters; at most {MAX_CALLBACK_URL_LENGTH}"
+    for position, char in enumerate(url):
+        if char.isspace() or ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            return (
+                f"callback_url contains {char!r} at position {position}; whitespace and "
+                "control characters are not allowed"
+            )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number in range)
+    except ValueError as exc:
+        return f"callback_url is not a valid URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "callback_url must be an http:// or https:// URL"
+    if not (parts.hostname or "").rstrip("."):
+        return "callback_url has no host"
+    return None
+
+
 def parse_callback_url(url: str) -> tuple[str, str, int]:
     """(scheme, ASCII host, port) of an http(s) URL; CallbackRejected otherwise."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise CallbackRejected(f"callback_url is not a valid URL: {exc}") from None
+    problem = callback_url_problem(url)
+    if problem is not None:
+        raise CallbackRejected(problem)
+    parts = urlsplit(url)
+    port = parts.port
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise CallbackRejected("callback_url must be an http:// or https:// URL")
     host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise CallbackRejected("callback_url has no host")
     try:
         host = host.encode("idna").decode("ascii").lower()
     except UnicodeError:

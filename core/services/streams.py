@@ -112,6 +112,13 @@ class StreamRegistry:
             return None
         return round(statistics.median(self._latencies) * 1000.0, 2)
 
+    def reported_latency_ms(self, engine_first_chunk_seconds: float | None) -> float | None:
+        """The streaming latency the API reports: the median of recent streams, or before
+        any stream ran, the engine's own measured time to first audio (its warm-up)."""
+        if self._latencies or engine_first_chunk_seconds is None:
+            return self.latency_ms
+        return round(engine_first_chunk_seconds * 1000.0, 2)
+
     # --- WebSocket sessions ----------------------------------------------------------
 
     def open_session(self, client_id: str | None, version: str) -> SessionRecord:

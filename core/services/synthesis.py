@@ -4,19 +4,27 @@ Every inbound adapter goes through here: the synchronous routes, the streaming r
 the WebSocket, the task worker and the render function. The service picks the engine slot
 of the API version, decides the CosyVoice mode from the voice, and owns long-form
 rendering (segments rendered one after another, joined without clicks).
+
+Rendering to a file keeps the event loop free and the memory flat however long the
+text: each segment, once synthesized, is joined and encoded in a worker thread into a
+temporary file (`AudioFileWriter`), which the blob store then takes as a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
-from ..audio.dsp import join_segments
-from ..audio.encode import CONTENT_TYPES, encode_audio
+from ..audio.encode import CONTENT_TYPES
+from ..audio.file_writer import AudioFileWriter
 from ..domain import (
     ApiVersion,
     AudioFormat,
@@ -39,6 +47,16 @@ from ..ports import (
 )
 
 ProgressCallback = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+# Encoding has threads of its own: in asyncio's default pool, seconds of MP3 encoding
+# would queue the database and blob-store calls (and /health with them) behind it.
+_ENCODER_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="audio-encode")
+
+
+async def _off_loop(work: Callable[..., T], *args: object) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_ENCODER_THREADS, functools.partial(work, *args))
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,13 @@ class SynthesisService:
     def client(self, version: ApiVersion) -> SynthesisClient:
         return self._clients[version.engine_slot]
 
+    def refuse_missing_model(self, version: ApiVersion) -> None:
+        """EngineNotReady (503) when this version's model is absent for good: a task for
+        it would only fail after its retries, so it is refused when it is created."""
+        reason = self.client(version).missing_reason
+        if reason is not None:
+            raise EngineNotReady(reason)
+
     async def ensure_ready(self, version: ApiVersion) -> SynthesisClient:
         client = self.client(version)
         if not await client.ready():
@@ -118,8 +143,12 @@ class SynthesisService:
         speed: float = 1.0,
         instruct_text: str | None = None,
         sample_rate: int | None = None,
+        background: bool = False,
     ) -> SynthesisRequest:
-        """A request cloning a stored voice; VoiceNotFound when it does not exist."""
+        """A request cloning a stored voice; VoiceNotFound when it does not exist.
+
+        `background` marks queued work (a task render): it waits for an engine slot
+        instead of being refused when the synthesis queue is full."""
         voice = await self._store.get_voice(voice_id)
         check_instruct_allowed(version, instruct_text)
         return SynthesisRequest(
@@ -130,6 +159,7 @@ class SynthesisService:
             speed=speed,
             language=voice.language,
             sample_rate=sample_rate or self.sample_rate,
+            background=background,
         )
 
     def request_for_clip(
@@ -156,23 +186,17 @@ class SynthesisService:
             sample_rate=sample_rate or self.sample_rate,
         )
 
-    async def stream(
-        self, version: ApiVersion, request: SynthesisRequest
-    ) -> AsyncIterator[AudioChunk]:
-        """Chunks at the request's sample rate, the first as soon as the engine has it."""
-        client = await self.ensure_ready(version)
+    def stream(self, version: ApiVersion, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        """Chunks at the request's sample rate, the first as soon as the engine has it.
+
+        Call `ensure_ready` first. An engine whose queue is full refuses here, at the
+        call (`Overloaded`), so a stream can still answer with a status code.
+        """
         if request.sample_rate is None:
             request = replace(request, sample_rate=self.sample_rate)
         # Every synthesis client delivers at the request's rate (resampling with state
         # across chunks, so seams do not click): nothing to convert here.
-        chunks = client.synthesize(request)
-        try:
-            async for chunk in chunks:
-                if chunk.samples.size:
-                    yield chunk
-        finally:
-            # Closing the engine's iterator is what stops its work when we stop early.
-            await chunks.aclose()
+        return _audible(self.client(version).synthesize(request))
 
     async def render_to_file(
         self,
@@ -183,35 +207,72 @@ class SynthesisService:
         *,
         on_progress: ProgressCallback | None = None,
     ) -> RenderResult:
-        """Render (long text in segments), join, encode and store under outputs/."""
+        """Render (long text in segments), join, encode and store under outputs/.
+
+        Only the first segment can be refused for a full queue: once admitted, a render's
+        later segments wait their turn (see `SynthesisRequest.background`).
+        """
         started = time.perf_counter()
         segments = split_sentences(request.text, self._segment_max_chars)
         if not segments:
             raise InvalidInput("text is empty")
+        await self.ensure_ready(version)
         rate = request.sample_rate or self.sample_rate
-        rendered: list[np.ndarray] = []
-        for index, segment in enumerate(segments, start=1):
-            pieces = [c.samples async for c in self.stream(version, _with_text(request, segment))]
-            if pieces:
-                rendered.append(np.concatenate(pieces))
-            if on_progress is not None:
-                await on_progress(index / len(segments))
-        if not rendered:
-            raise SynthesisFailed("the engine produced no audio")
-        audio = join_segments(rendered, rate) if len(rendered) > 1 else rendered[0]
-        data = encode_audio(audio, rate, fmt)
-        await self._blobs.put(output_key(filename), data, CONTENT_TYPES[fmt.value])
+        request = replace(request, sample_rate=rate)
+        writer: AudioFileWriter | None = None
+        try:
+            for index, segment in enumerate(segments, start=1):
+                part = replace(request, text=segment, background=request.background or index > 1)
+                pieces = [chunk.samples async for chunk in self.stream(version, part)]
+                last = index == len(segments)
+                if writer is None and pieces:
+                    writer = await _off_loop(_open_and_add, fmt, rate, pieces, last)
+                elif writer is not None:
+                    await _off_loop(_add, writer, pieces, last)
+                if on_progress is not None:
+                    await on_progress(index / len(segments))
+            if writer is None or writer.samples == 0:
+                raise SynthesisFailed("the engine produced no audio")
+            await self._blobs.put_file(output_key(filename), writer.path, CONTENT_TYPES[fmt.value])
+        finally:
+            if writer is not None:
+                await _off_loop(writer.discard)
         return RenderResult(
             filename=filename,
-            duration=round(len(audio) / rate, 3),
+            duration=round(writer.duration, 3),
             synthesis_time=round(time.perf_counter() - started, 3),
             sample_rate=rate,
-            size=len(data),
+            size=writer.size,
         )
 
 
-def _with_text(request: SynthesisRequest, text: str) -> SynthesisRequest:
-    return replace(request, text=text)
+def _open_and_add(
+    fmt: AudioFormat, rate: int, pieces: list[np.ndarray], last: bool
+) -> AudioFileWriter:
+    writer = AudioFileWriter(fmt, rate)
+    try:
+        _add(writer, pieces, last)
+    except BaseException:
+        writer.discard()
+        raise
+    return writer
+
+
+def _add(writer: AudioFileWriter, pieces: list[np.ndarray], last: bool) -> None:
+    """One segment into the file, and the file completed after the last (one thread hop)."""
+    writer.add_segment(pieces)
+    if last:
+        writer.finish()
+
+
+async def _audible(chunks: AsyncGenerator[AudioChunk, None]) -> AsyncIterator[AudioChunk]:
+    try:
+        async for chunk in chunks:
+            if chunk.samples.size:
+                yield chunk
+    finally:
+        # Closing the engine's iterator is what stops its work when we stop early.
+        await chunks.aclose()
 
 
 def checked_text(text: str, limit: int, setting: str = "MAX_TEXT_LENGTH") -> str:

@@ -40,6 +40,7 @@ from ..domain import (
     output_key,
     utcnow,
 )
+from ..engines.text import check_renderable
 from ..errors import InvalidInput, InvalidTransition, NotFound, TaskNotFound
 from ..ports import BlobStore, EventBus, MetadataStore, RenderRequest
 from ..schemas.tasks import RenderSubmission
@@ -63,11 +64,27 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.cancelled: frozenset(),
 }
 UNFINISHED_STATUSES = frozenset(set(TaskStatus) - FINAL_STATUSES)
+# The statuses a task of each kind can be in (API.md): what its counts list, so they add
+# up to its total with only documented keys. A scheduled task is never `registered`.
+STATUSES_OF_KIND: dict[TaskKind, tuple[TaskStatus, ...]] = {
+    TaskKind.task: (S.registered, S.processing, S.completed, S.failed, S.cancelled),
+    TaskKind.scheduled: (S.pending, S.scheduled, S.processing, S.completed, S.failed, S.cancelled),
+}
 
 SUBMISSION_NAMESPACE = uuid.UUID("6f1c0c52-4d0e-5b8e-9a57-3c1d2f0e8b11")
 METADATA_MAX_BYTES = 16 * 1024
 # Seconds per render assumed before any task has completed (nothing measured yet).
 UNMEASURED_RENDER_SECONDS = 2.0
+
+
+def counts_of_kind(kind: TaskKind, counts: dict[str, int]) -> dict[str, int]:
+    """Counts by status over the statuses of `kind`, zeros included.
+
+    A count under any other status would be a bug elsewhere; it is kept rather than
+    hidden, so the counts still add up to the total.
+    """
+    listed = {status.value: counts.get(status.value, 0) for status in STATUSES_OF_KIND[kind]}
+    return listed | {status: n for status, n in counts.items() if n and status not in listed}
 
 
 def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
@@ -230,7 +247,9 @@ class TaskService:
         *,
         queued: bool,
     ) -> Task:
+        self._synthesis.refuse_missing_model(version)
         text = self.checked_text(spec.text)
+        check_renderable(text)  # the render's own check: refused now, not at render time
         _check_metadata(spec.metadata)
         # Refuses an unknown voice (404) and instruct_text outside v3 (400) now, not later.
         await self._synthesis.request_for_voice(
@@ -389,14 +408,14 @@ class TaskService:
         )
 
     async def status_counts(self, kind: TaskKind) -> dict[str, int]:
-        return dict((await self._store.count_tasks(kind))["status"])
+        return counts_of_kind(kind, (await self._store.count_tasks(kind))["status"])
 
     async def snapshot(self, kind: TaskKind) -> QueueSnapshot:
         counts = await self._store.count_tasks(kind)
         everything = (await self._store.count_tasks())["status"]
         average = await self._store.average_synthesis_time(kind)
         return QueueSnapshot(
-            status_counts=dict(counts["status"]),
+            status_counts=counts_of_kind(kind, counts["status"]),
             priority_counts=dict(counts["priority"]),
             average_synthesis_time=None if average is None else round(average, 3),
             queued=sum(everything.get(status.value, 0) for status in QUEUED_STATUSES),

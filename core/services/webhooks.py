@@ -14,13 +14,24 @@ What a receiver gets, for each task that completes, fails or is cancelled:
 To verify, recompute the HMAC over the timestamp header, a dot and the raw body bytes,
 compare in constant time, and refuse timestamps far from now (replays).
 
-Delivery is retried with exponential backoff (WEBHOOK_BACKOFF_SECONDS, doubling, up to
-WEBHOOK_MAX_ATTEMPTS attempts of WEBHOOK_TIMEOUT seconds each) on timeouts, connection
+Delivery is retried with jittered exponential backoff (WEBHOOK_BACKOFF_SECONDS,
+doubling, each pause drawn between half and all of it so receivers that failed together
+are not retried together) up to WEBHOOK_MAX_ATTEMPTS attempts, on timeouts, connection
 errors, 408, 429 and 5xx; other answers are final. Redirects are not followed (a
 redirect could point anywhere the guard refuses). The address is vetted again before
-every attempt and the connection goes to that vetted address (see `netguard`). The
-delivery state is recorded on the task (`Task.webhook`): the final status write marks
-it `pending`, so deliveries cut short by a restart are resumed at the next start.
+every attempt and the connection goes to that vetted address (see `netguard`).
+
+A receiver cannot hold the sender: WEBHOOK_TIMEOUT is one deadline for the whole attempt
+(resolving, connecting, sending, and the answer's status line and headers), not a limit
+per read that a receiver trickling a byte at a time could renew forever; and the
+answer's body is never read (only its status counts), so a receiver answering with
+gigabytes costs nothing.
+
+The delivery state is recorded on the task (`Task.webhook`): the final status write
+marks it `pending`, so deliveries cut short by a restart are resumed at the next start.
+A delivery that breaks for any other reason (a URL that can never be sent, an
+unexpected error) is recorded `failed` with the reason, never left `pending` to be
+retried after every restart.
 """
 
 from __future__ import annotations
@@ -30,10 +41,14 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import random
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -84,9 +99,38 @@ def verify(
     return hmac.compare_digest(sign(secret, moment, body), signature)
 
 
+def stored_secret(path: Path) -> str:
+    """The signing key kept in `path`, made (random, mode 0600) the first time.
+
+    Created with O_EXCL, so processes sharing one data folder that start together end up
+    with the same key: the loser of the race reads the winner's.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # the creator may not have written it yet
+            if secret := path.read_text().strip():
+                return secret
+            time.sleep(0.02)
+        raise RuntimeError(
+            f"the webhook secret file {path} is empty; delete it to make one"
+        ) from None
+    secret = secrets.token_hex(32)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    log.info("generated a webhook signing secret in %s", path)
+    return secret
+
+
 def backoff_delays(max_attempts: int, base: float) -> list[float]:
     """Pauses between attempts: base, 2·base, 4·base, ... (one fewer than attempts)."""
     return [base * 2**n for n in range(max(max_attempts - 1, 0))]
+
+
+def jittered(delay: float) -> float:
+    """A pause between half and all of `delay` ("equal jitter")."""
+    return delay * random.uniform(0.5, 1.0)
 
 
 def idempotency_key(task_id: str, status: str, ended_at: str | None) -> str:
@@ -138,6 +182,7 @@ class PinnedSender:
         await self._client.aclose()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """The receiver's answer, closed with its body unread (only the status counts)."""
         target = await resolve_callback(url, allow_private=self._allow_private)
         request = self._client.build_request(
             "POST",
@@ -146,7 +191,9 @@ class PinnedSender:
             headers={**headers, "Host": host_header(target)},
             extensions=({"sni_hostname": target.host} if target.scheme == "https" else {}),
         )
-        return await self._client.send(request)
+        response = await self._client.send(request, stream=True)
+        await response.aclose()
+        return response
 
 
 def pinned_url(target: CallbackTarget) -> httpx.URL:
@@ -170,28 +217,34 @@ class WebhookDispatcher:
         self,
         store: MetadataStore,
         *,
-        secret: str,
+        secret: str | Callable[[], str],
         allow_private: bool,
         max_attempts: int,
         backoff_seconds: float,
         timeout: float,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        jitter: Callable[[float], float] = jittered,
     ) -> None:
         self._store = store
-        self._secret = secret
+        # A callable is read at start (e.g. a key file made on first use), not at wiring.
+        self._secret_source = secret
+        self._secret = secret if isinstance(secret, str) else ""
         self._allow_private = allow_private
         self._max_attempts = max_attempts
         self._delays = backoff_delays(max_attempts, backoff_seconds)
         self._timeout = timeout
         self._transport = transport
         self._sleep = sleep
+        self._jitter = jitter
         self._sender: PinnedSender | None = None
         self._inflight_keys: set[str] = set()
         self._running: set[asyncio.Task[Any]] = set()
 
     async def start(self, bus: Any | None = None) -> None:
         """Open the HTTP client; subscribe to the bus and resend what a restart cut off."""
+        if not isinstance(self._secret_source, str):
+            self._secret = await asyncio.to_thread(self._secret_source)
         self._sender = PinnedSender(
             allow_private=self._allow_private, timeout=self._timeout, transport=self._transport
         )
@@ -258,6 +311,12 @@ class WebhookDispatcher:
         self._inflight_keys.add(key)
         try:
             return await self._deliver(task_id, status, url, body_fields, key)
+        except Exception as exc:
+            # Left `pending`, it would be resent (and break again) after every restart.
+            log.exception("webhook for task %s broke", task_id)
+            state = WebhookState(status="failed", last_error=f"delivery broke: {describe(exc)}")
+            await self._record(task_id, state)
+            return state
         finally:
             self._inflight_keys.discard(key)
 
@@ -286,7 +345,7 @@ class WebhookDispatcher:
                     result.detail,
                 )
                 return state
-            delay = self._delays[attempt - 1]
+            delay = self._jitter(self._delays[attempt - 1])
             log.info("webhook for task %s: %s; retry in %.1fs", task_id, result.detail, delay)
             await self._sleep(delay)
         return state
@@ -305,15 +364,18 @@ class WebhookDispatcher:
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),
         }
         try:
-            response = await self._sender.post(url, body, headers)
+            async with asyncio.timeout(self._timeout):
+                response = await self._sender.post(url, body, headers)
         except CallbackRejected as exc:
             return AttemptResult("give_up", exc.detail)
         except CallbackUnresolvable as exc:
             return AttemptResult("retry", exc.detail)
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             return AttemptResult("retry", f"timed out after {self._timeout:g}s")
         except httpx.TransportError as exc:
-            return AttemptResult("retry", f"connection failed: {type(exc).__name__}: {exc}")
+            return AttemptResult("retry", f"connection failed: {describe(exc)}")
+        except Exception as exc:  # e.g. a URL the HTTP client refuses: no retry will help
+            return AttemptResult("give_up", f"could not send: {describe(exc)}")
         code = response.status_code
         if 200 <= code < 300:
             return AttemptResult("delivered", f"HTTP {code}")
@@ -339,3 +401,7 @@ class WebhookDispatcher:
             pass  # deleted after it ended; the receiver is told all the same
         except CosyVoiceError as exc:
             log.warning("could not record webhook state of task %s: %s", task_id, exc.detail)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

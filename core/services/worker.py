@@ -90,7 +90,10 @@ class RenderWorker:
 
     async def start(self) -> None:
         self._stopping = False
-        await self.recover_expired()
+        try:
+            await self.recover_expired()
+        except CosyVoiceError as exc:  # the store is down or refuses us: /health says so
+            log.warning("lease recovery at start failed, the sweep retries: %s", exc.detail)
         self._loops.append(
             asyncio.create_task(
                 self._bus.consume_renders(self.handle, self.concurrency), name="render-consumer"
@@ -192,6 +195,7 @@ class RenderWorker:
                 task.text,
                 speed=task.speed,
                 instruct_text=task.instruct_text,
+                background=True,  # a task waited in the task queue: never refused
             )
             result = await self._synthesis.render_to_file(
                 task.version, request, task.format, task.filename, on_progress=on_progress

@@ -114,8 +114,13 @@ async def run() -> None:
         max_deliver=int(os.environ.get("JETSTREAM_MAX_DELIVER", settings.task_max_attempts)),
         ack_wait=float(os.environ.get("JETSTREAM_ACK_WAIT", settings.task_lease_seconds)),
         on_dead_letter=dead_letter,
+        stream=settings.jetstream_stream,
+        manage_stream=settings.jetstream_manage_stream,
     )
-    forwarder = SinkForwarder(sink, timeout=settings.predictor_timeout)
+    # The function answers when its work is done, which may take as long as its own
+    # request timeout: waiting less would nak an event that is still being handled.
+    sink_timeout = float(os.environ.get("JETSTREAM_SINK_TIMEOUT", settings.predictor_timeout))
+    forwarder = SinkForwarder(sink, timeout=sink_timeout)
     await bus.start()
     jobs = []
     if "renders" in wanted:

@@ -57,14 +57,18 @@ def build_router(version: ApiVersion) -> APIRouter:
             media_type=info.content_type,
         )
 
-    for path, visible in (
-        ("/audio/{filename:path}", True),
-        ("/cross-lingual/audio/{filename:path}", True),
+    # One route per method: FastAPI names an operation after its first method only, and
+    # OpenAPI needs every operationId to be unique.
+    for path, visible, method in (
+        ("/audio/{filename:path}", True, "GET"),
+        ("/audio/{filename:path}", True, "HEAD"),
+        ("/cross-lingual/audio/{filename:path}", True, "GET"),
+        ("/cross-lingual/audio/{filename:path}", True, "HEAD"),
     ):
         router.add_api_route(
             path,
             download,
-            methods=["GET", "HEAD"],
+            methods=[method],
             summary="Download rendered audio (supports Range)",
             response_class=Response,
             responses={

@@ -36,14 +36,15 @@ from ..streaming import (
     checked_stream_format,
     sse_stream_response,
     stream_registry,
+    streaming_latency_ms,
 )
 
-FORMAT_HELP = "wav, mp3 or pcm (raw 16-bit little-endian); flac cannot be streamed"
+FORMAT_HELP = "wav, mp3, flac or pcm (raw 16-bit little-endian)"
 QUALITY_HELP = "low (16 kHz, 0.5 s chunks), medium (22.05 kHz, 0.3 s), high (44.1 kHz, 0.2 s)"
 CHUNKED_AUDIO = {
     200: {
         "description": "The audio as one file, sent with chunked transfer encoding",
-        "content": {"audio/wav": {}, "audio/mpeg": {}, "audio/L16": {}},
+        "content": {"audio/wav": {}, "audio/mpeg": {}, "audio/flac": {}, "audio/L16": {}},
     }
 }
 EVENT_STREAM = {
@@ -205,7 +206,7 @@ def build_router(version: ApiVersion) -> APIRouter:
             model=client.info.model,
             streaming_engine=client.info.engine,
             engine_ready=ready,
-            latency_ms=registry.latency_ms,
+            latency_ms=streaming_latency_ms(runtime, version),
             active_streams=registry.active_streams,
             streams_by_protocol=registry.active_by_kind(),
             max_concurrent_streams=registry.max_streams,

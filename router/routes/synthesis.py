@@ -25,7 +25,7 @@ from core.wiring import Runtime
 
 from ..deps import RuntimeDep
 from ..errors import error_responses
-from ..streaming import audio_stream_response, stream_registry
+from ..streaming import audio_stream_response, streaming_latency_ms
 
 MODEL_LABEL = {
     ApiVersion.v1: "CosyVoice2",
@@ -35,7 +35,7 @@ MODEL_LABEL = {
 AUDIO_RESPONSES = {
     200: {
         "description": "JSON result, or the audio itself (chunked) when stream=true",
-        "content": {"audio/wav": {}, "audio/mpeg": {}},
+        "content": {"audio/wav": {}, "audio/mpeg": {}, "audio/flac": {}},
     }
 }
 
@@ -98,7 +98,7 @@ def build_router(version: ApiVersion) -> APIRouter:
         text = checked_text(text, runtime.settings.max_text_length)
         instruct = instruct_field(instruct_text)
         audio = await prompt_audio.read()
-        upload = runtime.voices.decode(audio)
+        upload = await runtime.voices.read_upload(audio)
         request = runtime.synthesis.request_for_clip(
             version,
             upload.clip,
@@ -152,7 +152,7 @@ def build_router(version: ApiVersion) -> APIRouter:
             if not instruction:
                 raise InvalidInput("instruct_text must not be empty")
             audio = await prompt_audio.read()
-            upload = runtime.voices.decode(audio)
+            upload = await runtime.voices.read_upload(audio)
             request = runtime.synthesis.request_for_clip(
                 version,
                 upload.clip,
@@ -183,7 +183,7 @@ def build_router(version: ApiVersion) -> APIRouter:
                 chinese_dialects=list(info.chinese_dialects),
                 instruct_support=info.instruct_support and version is ApiVersion.v3,
                 phoneme_support=PhonemeSupport(chinese_pinyin=real, english_cmu=real),
-                streaming=StreamingSupport(latency_ms=stream_registry(runtime).latency_ms),
+                streaming=StreamingSupport(latency_ms=streaming_latency_ms(runtime, version)),
                 modes=["zero_shot", "cross_lingual"]
                 + (["instruct"] if version is ApiVersion.v3 else []),
                 max_text_length=runtime.settings.max_text_length,

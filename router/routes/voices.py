@@ -7,24 +7,24 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from pydantic import ValidationError
 
 from core.domain import VOICE_ID_PATTERN, ApiVersion, VoiceType
 from core.errors import InvalidInput
 from core.schemas.voices import (
+    LANGUAGE_PATTERN,
     PretrainedVoices,
     VoiceDeleted,
+    VoiceFields,
     VoiceList,
     VoicePublic,
     VoiceStatsPublic,
     VoiceUpdate,
+    checked_voice_fields,
 )
 from core.services.voices import NewVoice, parse_audio_format
 
 from ..deps import RuntimeDep
 from ..errors import error_responses
-
-LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$"
 
 VOICE_ID_RE = re.compile(VOICE_ID_PATTERN)
 
@@ -56,16 +56,21 @@ def build_router(version: ApiVersion) -> APIRouter:
         ] = None,
     ) -> VoicePublic:
         parse_audio_format(audio_format)
+        # The form declares the fields for /docs; the rules are VoiceFields', the same
+        # ones an update is checked by.
+        fields = checked_voice_fields(
+            VoiceFields,
+            {
+                "voice_id": voice_id,
+                "name": name,
+                "voice_type": voice_type,
+                "description": description,
+                "language": language,
+                "prompt_text": prompt_text,
+            },
+        )
         voice = await runtime.voices.create(
-            NewVoice(
-                voice_id=voice_id,
-                name=name.strip(),
-                voice_type=voice_type,
-                description=description,
-                language=language.lower() if language else None,
-                prompt_text=(prompt_text or "").strip() or None,
-            ),
-            await audio_file.read(),
+            NewVoice(**fields.model_dump()), await audio_file.read()
         )
         return VoicePublic.of(voice)
 
@@ -206,18 +211,12 @@ async def _read_update(request: Request) -> tuple[dict[str, Any], bytes | None]:
             raw = json.loads(body)
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"malformed JSON: {exc.msg}") from None
+        except UnicodeDecodeError:
+            # json.loads decodes bytes itself: a body that is not UTF-8 text fails there.
+            raise InvalidInput("malformed JSON: the body is not UTF-8 text") from None
         if not isinstance(raw, dict):
             raise InvalidInput("request body must be a JSON object")
-    try:
-        update = VoiceUpdate.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidInput(problems) from None
-    changes = update.model_dump(exclude_unset=True)
-    if changes.get("language"):
-        changes["language"] = changes["language"].lower()
+    changes = checked_voice_fields(VoiceUpdate, raw).model_dump(exclude_unset=True)
     if not changes and audio is None:
         raise InvalidInput("nothing to update")
     return changes, audio

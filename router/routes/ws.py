@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from core.audio.stream import self_contained_chunk
 from core.domain import ApiVersion
-from core.errors import CosyVoiceError
+from core.errors import CosyVoiceError, InvalidInput
 from core.schemas.streaming import (
     CLIENT_MESSAGE,
     CLIENT_MESSAGE_TYPES,
@@ -41,7 +40,9 @@ from core.services.streams import SessionRecord, StreamKind
 from core.services.synthesis import checked_text
 from core.wiring import Runtime
 
+from ..auth import accept_websocket
 from ..deps import RuntimeDep
+from ..json_limits import checked_json_loads
 from ..streaming import (
     AudioStream,
     checked_stream_format,
@@ -104,7 +105,8 @@ class StreamConnection:
         self._session: SessionRecord | None = None
 
     async def serve(self) -> None:
-        await self._ws.accept()
+        if not await accept_websocket(self._ws, self._runtime.settings.ws_auth_timeout):
+            return  # closed: no valid key in the handshake or the first message
         self._session = self._registry.open_session(self._client_id, self._version.value)
         try:
             await self._send(
@@ -136,8 +138,11 @@ class StreamConnection:
 
     async def _handle(self, frame: str) -> None:
         try:
-            raw: Any = json.loads(frame)
-        except ValueError:
+            raw: Any = checked_json_loads(frame, self._runtime.settings.max_json_depth)
+        except InvalidInput as exc:
+            await self._error(None, WsErrorCode.INVALID_JSON, exc.detail)
+            return
+        except (ValueError, RecursionError):
             await self._error(None, WsErrorCode.INVALID_JSON, "The message is not valid JSON")
             return
         if not isinstance(raw, dict):

@@ -19,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import skip_missing_data
+
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +35,8 @@ KUBE_VERSION = "1.31"
 Manifest = dict[str, Any]
 Validate = Callable[[Manifest], list[str]]
 
-# Value sets every rendering test runs against. The nats subchart is not vendored (it
-# needs network access to fetch), so no set installs it; the chart's own side of
-# nats.enabled is covered in test_chart.py.
+# Value sets every rendering and admission test runs against: the documented ways to
+# install the chart.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "deployment": {
@@ -52,10 +53,31 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             },
             "nodeSelector": {"kubernetes.io/arch": "amd64"},
         },
+        "auth": {"existingSecret": "cosyvoice-api-key"},
+    },
+    "both-models": {
+        "predictor": {"models": {"cosyvoice2": {"enabled": True}}},
+    },
+    "cpu-predictor": {
+        "predictor": {
+            "engine": "espeak",
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "progressDeadline": "600s",
+            "resources": {
+                "requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+                "limits": {"memory": "2Gi", "ephemeral-storage": "2Gi"},
+            },
+        },
+    },
+    "no-functions": {
+        "functions": {"render": {"enabled": False}, "webhook": {"enabled": False}},
+        "jetstreamSource": {"enabled": False},
     },
     "everything": {
         "global": {"imagePullSecrets": ["regcred"], "imageRegistry": "registry.example.com"},
         "commonLabels": {"team": "speech"},
+        "image": {"digest": "sha256:" + "a" * 64},
         "predictor": {
             "deploymentMode": "Serverless",
             "models": {"cosyvoice2": {"enabled": True}},
@@ -71,7 +93,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "objectStore": {"accessKeyId": "dev-access", "secretAccessKey": "dev-secret"},
         "webhook": {"secret": "dev-signing-key"},
         "auth": {"apiKey": "dev-api-key"},
-        "router": {"visibility": "cluster-local", "annotations": {"example.com/owner": "tts"}},
+        "router": {
+            "visibility": "cluster-local",
+            "annotations": {"example.com/owner": "tts"},
+            "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+            "extraVolumeMounts": [
+                {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}
+            ],
+        },
         "config": {"extraEnv": {"SEGMENT_MAX_CHARS": 300, "DEBUG": False}},
     },
     "in-process": {
@@ -79,8 +108,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "functions": {"render": {"enabled": False}, "webhook": {"enabled": False}},
         "jetstreamSource": {"enabled": False},
         "config": {"engine": "espeak"},
-        "eventBus": {"existingSecret": "nats-credentials"},
+        "nats": {"existingSecret": "nats-credentials"},
         "auth": {"existingSecret": "cosyvoice-api-key"},
+        "objectStore": {"existingSecret": ""},
     },
 }
 
@@ -176,7 +206,7 @@ def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
 @pytest.fixture(scope="session")
 def crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
     if not CRD_DIR.is_dir():
-        pytest.skip(f"published CRDs not found at {CRD_DIR}")
+        skip_missing_data(f"published CRDs not found at {CRD_DIR}")
     return _crd_validators()
 
 

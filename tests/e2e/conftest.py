@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TESTDATA, require_test_clips
+from tests.conftest import MANDARIN_TRANSCRIPT
 from tests.servers import ServerProcess
 
 BIN = Path(sys.executable).parent
@@ -86,11 +86,6 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
         "WEBHOOK_ALLOW_PRIVATE": "false",
         "LOG_LEVEL": "info",
     }
-
-
-@pytest.fixture(autouse=True)
-def _test_clips() -> None:
-    require_test_clips()
 
 
 @pytest.fixture(scope="session")
@@ -199,21 +194,19 @@ def create_voice(
 
 
 @pytest.fixture(scope="session")
-def voice_id(server: ApiServer) -> str:
+def voice_id(server: ApiServer, testdata: Path) -> str:
     """A cross-lingual voice made from the English clip."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        return create_voice(http, TESTDATA / "cross_lingual_prompt.wav", language="en")
+        return create_voice(http, testdata / "cross_lingual_prompt.wav", language="en")
 
 
 @pytest.fixture(scope="session")
-def zh_voice_id(server: ApiServer) -> str:
+def zh_voice_id(server: ApiServer, testdata: Path) -> str:
     """A zero-shot voice made from the Mandarin clip and its transcript."""
-    from tests.conftest import MANDARIN_TRANSCRIPT
-
     with httpx.Client(base_url=server.url, timeout=60) as http:
         return create_voice(
             http,
-            TESTDATA / "zero_shot_prompt.wav",
+            testdata / "zero_shot_prompt.wav",
             voice_type="zero_shot",
             language="zh",
             prompt_text=MANDARIN_TRANSCRIPT,

@@ -116,6 +116,8 @@ def cluster_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
             "AWS_SECRET_ACCESS_KEY": S3Server.secret_key,
             "AWS_REGION": S3Server.region,
             "EVENT_BUS_URL": nats.url,
+            # A cluster shares one signing key and refuses to start without it.
+            "WEBHOOK_SECRET": "cluster-profile-webhook-secret",
         }
 
 

@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.audio_checks import assert_speech
-from tests.conftest import REPO_ROOT, TESTDATA
+from tests.conftest import REPO_ROOT, TESTDATA, skip_missing_data
 from tests.e2e.conftest import ApiServer
 
 
@@ -44,8 +42,9 @@ def test_python_example(server: ApiServer, tmp_path: Path) -> None:
     assert 0.0 <= float(done.stdout.strip().splitlines()[-1]) <= 1.0  # the task's progress
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_example(server: ApiServer, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        skip_missing_data("curl is not installed")
     folder = in_folder_with_sample(tmp_path, "curl")
     voice = f"readme_curl_{tmp_path.name[-6:]}"
     script = readme_block("bash", 1).replace("http://localhost:8012", server.url)

@@ -13,18 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.audio_checks import assert_speech
-from tests.conftest import TESTDATA
+from tests.conftest import REPO_ROOT, TESTDATA, skip_missing_data
 from tests.e2e.conftest import ApiServer
 
-SEED = TESTDATA.parent / "spec" / "seed-api-doc.txt"
+SEED = REPO_ROOT.parent / "shared" / "spec" / "seed-api-doc.txt"
 
 
 def seed_text() -> str:
     if not SEED.exists():
-        pytest.skip(f"seed document not found at {SEED}")
+        skip_missing_data(f"seed document not found at {SEED}")
     return SEED.read_text()
 
 
@@ -45,8 +43,9 @@ def test_python_example(server: ApiServer, tmp_path: Path) -> None:
     assert_speech((tmp_path / "output.wav").read_bytes(), fmt="wav")
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_example(server: ApiServer, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        skip_missing_data("curl is not installed")
     text = seed_text()
     start = text.rindex("# Health check")
     block = text[start : text.index("# Download audio", start)]

@@ -19,20 +19,24 @@ import httpx
 import pytest
 
 from tests.audio_checks import assert_speech
-from tests.conftest import TESTDATA
+from tests.conftest import REPO_ROOT, TESTDATA, skip_missing_data
 from tests.e2e.conftest import ApiServer
 
-SEED = TESTDATA.parent / "spec" / "seed-api-doc.txt"
+SEED = REPO_ROOT.parent / "shared" / "spec" / "seed-api-doc.txt"
 NODE = shutil.which("node")
 WS_MARKER = "// WebSocket streaming"
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+@pytest.fixture(autouse=True)
+def _node() -> None:
+    if NODE is None:
+        skip_missing_data("node is not installed")
 
 
 def javascript_example() -> tuple[str, str]:
     """The example's HTTP part and its WebSocket part."""
     if not SEED.exists():
-        pytest.skip(f"seed document not found at {SEED}")
+        skip_missing_data(f"seed document not found at {SEED}")
     text = SEED.read_text()
     start = text.index("// Create voice\nconst formData")
     end = text.index("# Health check", start)
@@ -138,7 +142,7 @@ def test_javascript_example_creates_a_voice_and_synthesizes(
 def test_javascript_example_websocket_part(server: ApiServer, tmp_path: Path) -> None:
     flags = websocket_flags()
     if flags is None:
-        pytest.skip("this node has no WebSocket, not even behind --experimental-websocket")
+        skip_missing_data("this node has no WebSocket, not even behind --experimental-websocket")
     http_part, ws_part = javascript_example()
     voice_id = f"seed_js_{uuid.uuid4().hex[:8]}"
     report = run_node(script(http_part, ws_part, server, voice_id), tmp_path, flags)

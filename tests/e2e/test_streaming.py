@@ -142,11 +142,13 @@ def test_chunked_pcm_is_raw_samples(client: httpx.Client, voice_id: str) -> None
     assert_same_length(len(samples) / 44100, sync_duration(client, voice_id, TEXT))
 
 
-def test_flac_is_refused_with_the_formats_that_stream(client: httpx.Client, voice_id: str) -> None:
-    response = client.post(STREAM, data={"text": TEXT, "voice_id": voice_id, "format": "flac"})
+def test_an_unknown_format_is_refused_with_the_formats_that_stream(
+    client: httpx.Client, voice_id: str
+) -> None:
+    response = client.post(STREAM, data={"text": TEXT, "voice_id": voice_id, "format": "ogg"})
     assert response.status_code == 400
     detail = response.json()["detail"]
-    assert all(fmt in detail for fmt in ("wav", "mp3", "pcm"))
+    assert all(fmt in detail for fmt in ("wav", "mp3", "flac", "pcm"))
 
 
 def test_chunked_alias_is_the_same_stream(client: httpx.Client, voice_id: str) -> None:
@@ -273,7 +275,7 @@ def test_sse_failure_after_start_is_an_error_event(client: httpx.Client, voice_i
 def test_sse_refusals_before_start_are_status_codes(client: httpx.Client, voice_id: str) -> None:
     assert client.get(SSE, params={"text": TEXT, "voice_id": "nobody_here"}).status_code == 404
     assert (
-        client.get(SSE, params={"text": TEXT, "voice_id": voice_id, "format": "flac"}).status_code
+        client.get(SSE, params={"text": TEXT, "voice_id": voice_id, "format": "ogg"}).status_code
         == 400
     )
 
@@ -288,7 +290,7 @@ def test_streaming_health_reports_engine_counts_and_measured_latency(
     health = client.get("/api/v3/streaming/health").json()
     assert health["status"] == "healthy" and health["engine_ready"] is True
     assert health["version"] == "v3" and health["streaming_engine"] in ("espeak", "cosyvoice")
-    assert set(health["supported_formats"]) == {"wav", "mp3", "pcm"}
+    assert set(health["supported_formats"]) == {"wav", "mp3", "flac", "pcm"}
     assert health["supported_qualities"] == ["low", "medium", "high"]
     assert health["latency_ms"] is not None and 0 < health["latency_ms"] < 10_000
     assert health["active_streams"] >= 0 and health["active_websocket_sessions"] >= 0

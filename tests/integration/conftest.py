@@ -1,12 +1,1 @@
-"""Integration tests speak real protocols to real processes, with the real test clips."""
-
-from __future__ import annotations
-
-import pytest
-
-from tests.conftest import require_test_clips
-
-
-@pytest.fixture(autouse=True)
-def _test_clips() -> None:
-    require_test_clips()
+"""Integration tests speak real protocols to real processes, with the generated test clips."""

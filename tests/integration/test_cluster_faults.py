@@ -58,6 +58,7 @@ class Cluster:
             "AWS_SECRET_ACCESS_KEY": S3Server.secret_key,
             "AWS_REGION": S3Server.region,
             "EVENT_BUS_URL": self.nats.url,
+            "WEBHOOK_SECRET": "cluster-faults-webhook-secret",
             "LOG_LEVEL": "warning",
             **overrides,
         }
@@ -289,7 +290,7 @@ async def test_a_render_that_always_fails_is_dead_lettered_and_the_task_failed(
         task_id = registered.json()["task_id"]
 
         # The voice record stays; only its stored sample disappears, so every render fails.
-        samples = await asyncio.to_thread(cluster.objects, f"voices/{voice_id}/sample.")
+        samples = await asyncio.to_thread(cluster.objects, f"voices/{voice_id}/samples/")
         assert len(samples) == 1, samples
         await asyncio.to_thread(cluster.s3_client().remove_object, BUCKET, samples[0])
 

@@ -33,9 +33,11 @@ async def test_api_routes_need_the_key(tmp_path: Path) -> None:
     async with app_with_key(tmp_path, "s3cret") as client:
         refused = await client.get("/api/v3/voices/")
         assert refused.status_code == 401
-        assert refused.json()["detail"] == "Missing or invalid API key"
+        assert refused.json()["detail"] == "Missing API key: send 'Authorization: Bearer <key>'"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
         wrong = await client.get("/api/v3/voices/", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+        assert wrong.json()["detail"] == "Invalid API key"
 
 
 async def test_the_key_opens_the_api_but_health_stays_open(tmp_path: Path) -> None:

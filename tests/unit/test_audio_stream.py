@@ -75,13 +75,6 @@ def test_pcm_stream_is_raw_little_endian_int16() -> None:
     assert np.allclose(samples[:100] / 32767, pieces[0][:100], atol=1e-4)
 
 
-def test_flac_cannot_be_streamed() -> None:
-    with pytest.raises(InvalidInput, match="flac cannot be streamed"):
-        open_stream_encoder("flac", RATE)
-    with pytest.raises(InvalidInput):
-        self_contained_chunk(chunks(1)[0], RATE, "flac")
-
-
 def test_unknown_stream_format_is_invalid_input() -> None:
     with pytest.raises(InvalidInput):
         open_stream_encoder("ogg", RATE)

@@ -33,7 +33,7 @@ from core.engines.instructions import to_cosyvoice_instruction
 from core.engines.runner import EngineRunner
 from core.errors import EngineNotReady, InvalidInput, NotFound, SynthesisFailed
 from core.ports import BlobInfo, Clip, SynthesisRequest, VoicePrompt
-from tests.conftest import MANDARIN_TRANSCRIPT
+from tests.conftest import MANDARIN_TRANSCRIPT, skip_missing_data
 
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "cosyvoice"
 V3_PREFIX = f"{SYSTEM_PROMPT}{END_OF_PROMPT}"
@@ -475,10 +475,10 @@ def _real_model_paths() -> tuple[Path, Path]:
     model_dir = Path(os.environ.get("MODEL_DIR_V3", "models/Fun-CosyVoice3-0.5B"))
     home = os.environ.get("COSYVOICE_HOME")
     if not home:
-        pytest.skip("COSYVOICE_HOME is not set (the upstream CosyVoice checkout)")
+        skip_missing_data("COSYVOICE_HOME is not set (the upstream CosyVoice checkout)")
     reason = cosyvoice_available(model_dir, Path(home), family="cosyvoice3")
     if reason:
-        pytest.skip(f"real CosyVoice3 unavailable: {reason}")
+        skip_missing_data(f"real CosyVoice3 unavailable: {reason}")
     return model_dir, Path(home)
 
 

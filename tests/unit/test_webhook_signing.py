@@ -129,6 +129,7 @@ async def dispatch(
         timeout=1.0,
         transport=httpx.MockTransport(receiver),
         sleep=sleep,
+        jitter=lambda delay: delay,  # the schedule itself; jitter is checked on its own
     )
     await dispatcher.start()
     try:

@@ -14,6 +14,11 @@ of its audio was passed on, and only when the predictor did not work on it — i
 be reached, the connection dropped before an answer, a gateway answered 502/504, or the
 model answered "not ready" (still loading) — never after an answer of the model itself.
 
+A predictor whose queue is full answers 503 with Retry-After: a synchronous or streaming
+request passes that on at once (`Overloaded`, the same 503 and Retry-After to its
+client); background work (a task render) waits as told and asks again, until its
+deadline.
+
 Readiness without waking: `ready()` reports the last state learned from real traffic or
 an explicit probe, so `/health` never starts a predictor that scaled to zero; only
 `ready(deep=True)` asks the predictor. A predictor last seen unreachable or not ready is
@@ -39,6 +44,7 @@ from ...errors import (
     CosyVoiceError,
     EngineNotReady,
     InvalidInput,
+    Overloaded,
     SynthesisFailed,
 )
 from ...ports import AudioChunk, Clip, EngineInfo, SynthesisRequest, VoicePrompt
@@ -71,6 +77,7 @@ class KServeSynthesis:
     """`SynthesisClient` over a KServe predictor serving one model."""
 
     remote = True
+    missing_reason: str | None = None  # a predictor that is down may come back
 
     def __init__(
         self,
@@ -98,6 +105,8 @@ class KServeSynthesis:
         self._ready_at = 0.0
         self.detail: str | None = None  # why it is not ready, when known
         self.warning: str | None = None  # the predictor's own, e.g. a fallback engine
+        # The engine's time to first audio as the predictor measured it (warm-up, calls).
+        self.first_chunk_seconds: float | None = None
 
     # --- SynthesisClient ----------------------------------------------------------------
 
@@ -146,7 +155,7 @@ class KServeSynthesis:
 
     async def _synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         body = await self._body(request)
-        response = await self._open(body)
+        response = await self._open(body, background=request.background)
         reader = FrameReader()
         ended = False
         failure: CosyVoiceError | None = None
@@ -202,7 +211,7 @@ class KServeSynthesis:
         )
         return PredictRequest(instances=[instance]).model_dump_json(exclude_none=True).encode()
 
-    async def _open(self, body: bytes) -> httpx.Response:
+    async def _open(self, body: bytes, *, background: bool = False) -> httpx.Response:
         """POST the request and return the streaming answer once it is a 200."""
         http = self._client()
         loop = asyncio.get_running_loop()
@@ -211,6 +220,7 @@ class KServeSynthesis:
         delay = BACKOFF_FIRST
         while True:
             failure: CosyVoiceError
+            pause = delay
             try:
                 response = await http.send(
                     http.build_request("POST", self._predict_url, content=body, headers=_JSON),
@@ -242,12 +252,16 @@ class KServeSynthesis:
                     self._describe_soon()
                     return response
                 failure, retry = await self._refusal(response)
-                if not retry:
+                if isinstance(failure, Overloaded):
+                    if not background:
+                        raise failure
+                    pause = failure.retry_after  # queued work waits its turn, as told
+                elif not retry:
                     raise failure
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise failure
-            await asyncio.sleep(min(delay, remaining))
+            await asyncio.sleep(min(pause, remaining))
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _refusal(self, response: httpx.Response) -> tuple[CosyVoiceError, bool]:
@@ -258,6 +272,9 @@ class KServeSynthesis:
             await response.aclose()
         status = response.status_code
         kind, detail = _error_body(response)
+        retry_after = _retry_after(response)
+        if status == 503 and retry_after is not None:
+            return Overloaded(detail, retry_after), False
         if kind is not None:
             # The model itself answered: repeating the request would get the same answer.
             return error_from_wire(kind, detail), False
@@ -314,6 +331,8 @@ class KServeSynthesis:
         self._info = metadata.engine.to_info()
         self._info_known = True
         self.warning = metadata.warning
+        if metadata.synthesis.first_chunk_seconds is not None:
+            self.first_chunk_seconds = metadata.synthesis.first_chunk_seconds
         self._mark(metadata.ready, metadata.load_error or (None if metadata.ready else "loading"))
         return metadata.ready
 
@@ -387,6 +406,17 @@ def _error_body(response: httpx.Response) -> tuple[str | None, str]:
     detail = str(body.get("error") or body.get("detail") or response.reason_phrase)
     kind = body.get("type")
     return (kind if isinstance(kind, str) else None), detail
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After of an answer, in seconds (the delta-seconds form); None if absent."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 1.0)
+    except ValueError:
+        return 1.0  # an HTTP date: any wait will do, the estimate is rough anyway
 
 
 def _log_failure(task: asyncio.Task[bool]) -> None:

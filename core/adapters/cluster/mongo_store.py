@@ -3,7 +3,14 @@
 The client belongs to the event loop that created it, so it is made in `start()` and
 closed in `close()` (the app's lifespan). Every timeout comes from one number, so an
 outage turns into `BackendUnavailable` within that many seconds instead of a hang, and
-the same store object recovers by itself when the server is back.
+the same store object recovers by itself when the server is back. A database that
+cannot be used at start (down, or refusing the credentials) does not stop the process:
+the indexes are created by the first call that reaches it, every call until then
+answers `BackendUnavailable` with the reason, and `/health` says so.
+
+Every driver error is translated here (`_database_errors`): a duplicate key is a
+`Conflict`, anything else (no server, authentication or authorization refused, a bad
+URL option, a failed command) is `BackendUnavailable` with a one-line reason.
 
 Tasks carry a numeric `priority_rank` next to `priority`, so the database sorts by
 priority without knowing the names.
@@ -11,8 +18,9 @@ priority without knowing the names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -21,9 +29,16 @@ from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from ...domain import (
+    FINAL_STATUSES,
     PRIORITY_ORDER,
     QUEUED_STATUSES,
     Priority,
@@ -35,13 +50,19 @@ from ...domain import (
 )
 from ...errors import (
     BackendUnavailable,
+    Conflict,
     InvalidInput,
     TaskNotFound,
     VoiceAlreadyExists,
     VoiceNotFound,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DATABASE = "cosyvoice"
+# Server codes that mean "these credentials are not let in / not allowed to do this".
+AUTHENTICATION_FAILED = frozenset({18, 11})  # AuthenticationFailed, UserNotFound
+UNAUTHORIZED = frozenset({13})
 _NO_ID = {"_id": False}
 _VOICE_FIELDS = frozenset(Voice.model_fields)
 _TASK_FIELDS = frozenset(Task.model_fields)
@@ -50,14 +71,37 @@ _QUEUE_ORDER = [("priority_rank", ASCENDING), ("queued_at", ASCENDING), ("create
 
 @contextmanager
 def _database_errors() -> Iterator[None]:
-    """Translate the driver's outage errors at the edge (every one of them derives from
-    ConnectionFailure: server selection, reconnects, network timeouts)."""
+    """Translate every driver error at the edge: nothing from pymongo leaves this module."""
     try:
         yield
-    except (ConnectionFailure, ExecutionTimeout) as exc:
-        # The driver's message carries its whole topology description: keep the first line.
-        summary = str(exc).split(", Timeout:")[0].split("\n")[0][:200]
-        raise BackendUnavailable(f"database unavailable: {summary}") from exc
+    except DuplicateKeyError as exc:
+        raise Conflict(f"conflicts with stored data: {_summary(exc)}") from exc
+    except PyMongoError as exc:
+        raise BackendUnavailable(f"database unavailable: {database_problem(exc)}") from exc
+
+
+def database_problem(exc: PyMongoError) -> str:
+    """One line saying what is wrong, in words an operator can act on."""
+    summary = _summary(exc)
+    code = exc.code if isinstance(exc, OperationFailure) else None
+    if code in AUTHENTICATION_FAILED or (
+        code is None and "authentication failed" in summary.lower()
+    ):
+        return f"authentication failed (check the user and password in DATABASE_URL): {summary}"
+    if code in UNAUTHORIZED:
+        return f"the database user lacks a permission (grant readWrite): {summary}"
+    if isinstance(exc, ConfigurationError):
+        return f"DATABASE_URL cannot be used: {summary}"
+    if isinstance(exc, ConnectionFailure):
+        return summary  # no server answered: selection, reconnects, network timeouts
+    return f"{type(exc).__name__}: {summary}"
+
+
+def _summary(exc: BaseException) -> str:
+    # The driver's message carries its whole topology description or the server's full
+    # reply: keep the first line.
+    text = str(exc).split(", Timeout:")[0].split(", full error:")[0]
+    return text.split("\n")[0][:200]
 
 
 def _bson(value: Any) -> Any:
@@ -97,48 +141,64 @@ class MongoMetadataStore:
         self._timeout_ms = max(int(timeout * 1000), 1)
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: AsyncDatabase[dict[str, Any]] | None = None
+        self._indexed = False
 
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
         if self._client is not None:
             return
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            self._url,
-            tz_aware=True,
-            serverSelectionTimeoutMS=self._timeout_ms,
-            connectTimeoutMS=self._timeout_ms,
-            socketTimeoutMS=self._timeout_ms,
-            appname="cosyvoice",
-        )
-        database = client.get_default_database(default=DEFAULT_DATABASE)
-        try:
-            with _database_errors():
-                await database.voices.create_index("voice_id", unique=True)
-                await database.voices.create_index([("created_at", ASCENDING)])
-                await database.tasks.create_index("task_id", unique=True)
-                await database.tasks.create_index(
-                    [
-                        ("kind", ASCENDING),
-                        ("status", ASCENDING),
-                        ("priority_rank", ASCENDING),
-                        ("created_at", ASCENDING),
-                    ]
-                )
-                await database.tasks.create_index([("created_at", DESCENDING)])
-        except BaseException:
-            await client.close()
-            raise
+        with _database_errors():  # a URL the driver cannot parse fails the start at once
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+                self._url,
+                tz_aware=True,
+                serverSelectionTimeoutMS=self._timeout_ms,
+                connectTimeoutMS=self._timeout_ms,
+                socketTimeoutMS=self._timeout_ms,
+                appname="cosyvoice",
+            )
+            database = client.get_default_database(default=DEFAULT_DATABASE)
         self._client, self._db = client, database
+        try:
+            async with self._using():
+                pass
+        except BackendUnavailable as exc:
+            log.warning("%s; every call retries until the database can be used", exc.detail)
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None
+        self._indexed = False
         if client is not None:
             await client.close()
 
     async def ping(self) -> None:
-        with _database_errors():
+        async with self._using():
             await self._database.command("ping")
+
+    @asynccontextmanager
+    async def _using(self) -> AsyncIterator[None]:
+        """Around every call: the indexes exist first, and driver errors are translated."""
+        with _database_errors():
+            if not self._indexed:
+                await self._create_indexes()
+            yield
+
+    async def _create_indexes(self) -> None:
+        database = self._database
+        await database.voices.create_index("voice_id", unique=True)
+        await database.voices.create_index([("created_at", ASCENDING)])
+        await database.tasks.create_index("task_id", unique=True)
+        await database.tasks.create_index(
+            [
+                ("kind", ASCENDING),
+                ("status", ASCENDING),
+                ("priority_rank", ASCENDING),
+                ("created_at", ASCENDING),
+            ]
+        )
+        await database.tasks.create_index([("created_at", DESCENDING)])
+        await database.tasks.create_index([("status", ASCENDING), ("completed_at", ASCENDING)])
+        self._indexed = True
 
     @property
     def _database(self) -> AsyncDatabase[dict[str, Any]]:
@@ -157,14 +217,14 @@ class MongoMetadataStore:
     # --- voices --------------------------------------------------------------------
 
     async def create_voice(self, voice: Voice) -> None:
-        try:
-            with _database_errors():
+        async with self._using():
+            try:
                 await self._voices.insert_one(_bson(voice))
-        except DuplicateKeyError:
-            raise VoiceAlreadyExists(voice.voice_id) from None
+            except DuplicateKeyError:
+                raise VoiceAlreadyExists(voice.voice_id) from None
 
     async def get_voice(self, voice_id: str) -> Voice:
-        with _database_errors():
+        async with self._using():
             document = await self._voices.find_one({"voice_id": voice_id}, _NO_ID)
         if document is None:
             raise VoiceNotFound(voice_id)
@@ -179,7 +239,7 @@ class MongoMetadataStore:
         limit: int = 50,
     ) -> tuple[list[Voice], int]:
         query = _filters(voice_type=voice_type, language=language)
-        with _database_errors():
+        async with self._using():
             total = await self._voices.count_documents(query)
             cursor = (
                 self._voices.find(query, _NO_ID)
@@ -193,7 +253,7 @@ class MongoMetadataStore:
     async def update_voice(self, voice_id: str, changes: dict[str, Any]) -> Voice:
         if not changes:
             return await self.get_voice(voice_id)
-        with _database_errors():
+        async with self._using():
             document = await self._voices.find_one_and_update(
                 {"voice_id": voice_id},
                 {"$set": _changes(changes, _VOICE_FIELDS, "voice_id")},
@@ -205,7 +265,7 @@ class MongoMetadataStore:
         return Voice.model_validate(document)
 
     async def delete_voice(self, voice_id: str) -> None:
-        with _database_errors():
+        async with self._using():
             result = await self._voices.delete_one({"voice_id": voice_id})
         if result.deleted_count == 0:
             raise VoiceNotFound(voice_id)
@@ -233,7 +293,7 @@ class MongoMetadataStore:
                 }
             }
         ]
-        with _database_errors():
+        async with self._using():
             cursor = await self._voices.aggregate(pipeline)
             (result,) = await cursor.to_list()
         totals = result["totals"][0] if result["totals"] else {}
@@ -251,15 +311,15 @@ class MongoMetadataStore:
     async def create_task(self, task: Task) -> bool:
         document = _bson(task)
         document["priority_rank"] = task.priority.rank
-        try:
-            with _database_errors():
+        async with self._using():
+            try:
                 await self._tasks.insert_one(document)
-        except DuplicateKeyError:
-            return False
+            except DuplicateKeyError:
+                return False
         return True
 
     async def get_task(self, task_id: str) -> Task:
-        with _database_errors():
+        async with self._using():
             document = await self._tasks.find_one({"task_id": task_id}, _NO_ID)
         if document is None:
             raise TaskNotFound(task_id)
@@ -274,7 +334,7 @@ class MongoMetadataStore:
         limit: int = 50,
     ) -> tuple[list[Task], int]:
         query = _filters(kind=kind, status=status, priority=priority)
-        with _database_errors():
+        async with self._using():
             total = await self._tasks.count_documents(query)
             documents = (
                 await self._tasks.find(query, _NO_ID)
@@ -296,7 +356,7 @@ class MongoMetadataStore:
         if not allowed:
             return None
         update = _changes(changes, _TASK_FIELDS, "task_id")
-        with _database_errors():
+        async with self._using():
             document = await self._tasks.find_one_and_update(
                 {"task_id": task_id, "status": {"$in": allowed}},
                 {"$set": update} if update else {"$set": {"task_id": task_id}},
@@ -308,7 +368,7 @@ class MongoMetadataStore:
     async def update_task(self, task_id: str, changes: dict[str, Any]) -> Task:
         if not changes:
             return await self.get_task(task_id)
-        with _database_errors():
+        async with self._using():
             document = await self._tasks.find_one_and_update(
                 {"task_id": task_id},
                 {"$set": _changes(changes, _TASK_FIELDS, "task_id")},
@@ -320,7 +380,7 @@ class MongoMetadataStore:
         return Task.model_validate(document)
 
     async def delete_task(self, task_id: str) -> None:
-        with _database_errors():
+        async with self._using():
             result = await self._tasks.delete_one({"task_id": task_id})
         if result.deleted_count == 0:
             raise TaskNotFound(task_id)
@@ -329,7 +389,7 @@ class MongoMetadataStore:
         if limit <= 0:
             return []
         query = _filters(kind=kind, status=TaskStatus.pending)
-        with _database_errors():
+        async with self._using():
             documents = (
                 await self._tasks.find(query, _NO_ID)
                 .sort([("priority_rank", ASCENDING), ("created_at", ASCENDING)])
@@ -340,7 +400,7 @@ class MongoMetadataStore:
 
     async def queued_tasks(self) -> list[Task]:
         query = {"status": {"$in": sorted(status.value for status in QUEUED_STATUSES)}}
-        with _database_errors():
+        async with self._using():
             documents = await self._tasks.find(query, _NO_ID).sort(_QUEUE_ORDER).to_list()
         return [Task.model_validate(document) for document in documents]
 
@@ -349,7 +409,7 @@ class MongoMetadataStore:
             "status": TaskStatus.processing.value,
             "lease_until": {"$ne": None, "$lt": _bson(now)},
         }
-        with _database_errors():
+        async with self._using():
             documents = (
                 await self._tasks.find(query, _NO_ID).sort("lease_until", ASCENDING).to_list()
             )
@@ -365,7 +425,7 @@ class MongoMetadataStore:
                 }
             },
         ]
-        with _database_errors():
+        async with self._using():
             cursor = await self._tasks.aggregate(pipeline)
             (result,) = await cursor.to_list()
         return {
@@ -375,6 +435,23 @@ class MongoMetadataStore:
             | {row["_id"]: row["n"] for row in result["priority"]},
         }
 
+    async def delete_finished_tasks_before(self, cutoff: datetime, limit: int) -> list[Task]:
+        if limit <= 0:
+            return []
+        finished = sorted(status.value for status in FINAL_STATUSES)
+        query = {"status": {"$in": finished}, "completed_at": {"$ne": None, "$lt": _bson(cutoff)}}
+        async with self._using():
+            documents = (
+                await self._tasks.find(query, _NO_ID)
+                .sort("completed_at", ASCENDING)
+                .limit(limit)
+                .to_list()
+            )
+            ids = [document["task_id"] for document in documents]
+            if ids:
+                await self._tasks.delete_many({"task_id": {"$in": ids}, **query})
+        return [Task.model_validate(document) for document in documents]
+
     async def average_synthesis_time(self, kind: TaskKind | None = None) -> float | None:
         match = _filters(kind=kind, status=TaskStatus.completed)
         match["synthesis_time"] = {"$ne": None}
@@ -382,7 +459,7 @@ class MongoMetadataStore:
             {"$match": match},
             {"$group": {"_id": None, "average": {"$avg": "$synthesis_time"}}},
         ]
-        with _database_errors():
+        async with self._using():
             cursor = await self._tasks.aggregate(pipeline)
             rows = await cursor.to_list()
         if not rows or rows[0]["average"] is None:

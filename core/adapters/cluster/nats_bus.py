@@ -1,10 +1,12 @@
 """The cluster event bus: NATS JetStream, every message a binary-mode CloudEvent.
 
-Stream `COSYVOICE` holds every `cosyvoice.>` subject on disk. Render requests go to
-`cosyvoice.render.requested.<priority>`, one durable pull consumer per priority, and a
-dispatcher drains them highest first: it asks `urgent` for one message, then `high`
-only if `urgent` had none, and so on, and only when a handler slot is free, so an
-urgent job never waits behind a thousand low ones.
+Stream `COSYVOICE` (its name is configurable) holds every `cosyvoice.>` subject on
+disk. The bus creates it and keeps its configuration unless `manage_stream` is off:
+then another owner (a NACK Stream object) defines it and the bus only checks it exists.
+Render requests go to `cosyvoice.render.requested.<priority>`, one durable pull
+consumer per priority, and a dispatcher drains them highest first: it asks `urgent`
+for one message, then `high` only if `urgent` had none, and so on, and only when a
+handler slot is free, so an urgent job never waits behind a thousand low ones.
 
 Delivery rules, shared by every consumer here:
 
@@ -101,10 +103,15 @@ class NatsEventBus:
         poll_interval: float = 0.1,
         timeout: float = 5.0,
         source: str = DEFAULT_SOURCE,
+        stream: str = STREAM,
+        manage_stream: bool = True,
     ) -> None:
         """`poll_interval` is how long each priority is asked for work before the next
-        one; `timeout` bounds connecting and each publish."""
+        one; `timeout` bounds connecting and each publish. `stream` names the JetStream
+        stream; with `manage_stream` off its configuration belongs to someone else."""
         self._url = url
+        self._stream = stream
+        self._manage_stream = manage_stream
         self._store = store
         self._max_deliver = max(max_deliver, 1)
         self._ack_wait = ack_wait
@@ -193,9 +200,16 @@ class NatsEventBus:
         return self._js
 
     async def _ensure_stream(self) -> None:
-        """Create the stream, or bring an existing one to this configuration."""
+        """Create the stream, or bring an existing one to this configuration.
+
+        When the stream is managed elsewhere, updating it here would fight its owner over
+        replicas and retention, so it is only required to exist.
+        """
+        if not self._manage_stream:
+            await self._require_stream()
+            return
         config = StreamConfig(
-            name=STREAM,
+            name=self._stream,
             subjects=[STREAM_SUBJECTS],
             storage=StorageType.FILE,
             num_replicas=self._replicas,
@@ -205,7 +219,7 @@ class NatsEventBus:
         js = self._jetstream
         try:
             try:
-                await js.stream_info(STREAM)
+                await js.stream_info(self._stream)
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(config)
@@ -213,6 +227,17 @@ class NatsEventBus:
                 except nats.js.errors.BadRequestError:
                     pass  # another replica created it first: fall through to update
             await js.update_stream(config)
+        except nats.errors.Error as exc:
+            raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
+
+    async def _require_stream(self) -> None:
+        try:
+            await self._jetstream.stream_info(self._stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise BackendUnavailable(
+                f"event bus unavailable: stream {self._stream} does not exist "
+                "(JETSTREAM_MANAGE_STREAM=false leaves creating it to its owner)"
+            ) from exc
         except nats.errors.Error as exc:
             raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
 
@@ -313,8 +338,8 @@ class NatsEventBus:
         )
         js = self._jetstream
         try:
-            await js.add_consumer(STREAM, config)  # creates, or updates in place
-            return await js.pull_subscribe_bind(durable=durable, stream=STREAM)
+            await js.add_consumer(self._stream, config)  # creates, or updates in place
+            return await js.pull_subscribe_bind(durable=durable, stream=self._stream)
         except nats.errors.Error as exc:
             raise BackendUnavailable(f"event bus unavailable: {exc!r}") from exc
 

@@ -16,6 +16,8 @@ import io
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -26,12 +28,16 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from ...errors import BackendUnavailable, InvalidInput, NotFound
-from ...ports import BlobInfo
-from ..embedded.file_blobs import CHUNK_SIZE, content_type_for, key_segments
+from ...ports import BlobInfo, StoredBlob
+from ..embedded.file_blobs import CHUNK_SIZE, content_type_for, in_pages, key_segments
 
 T = TypeVar("T")
 
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+_CREDENTIAL_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+)
+PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part: the memory one upload holds
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,20 @@ class S3BlobStore:
             content_type=content_type or content_type_for(key),
         )
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        key_segments(key)
+        await self._call(self._put_stream, key, Path(path), content_type or content_type_for(key))
+
+    def _put_stream(self, key: str, path: Path, content_type: str) -> None:
+        # Length -1: minio reads the file in parts of PART_SIZE (one plain PUT when it
+        # fits in one, else a multipart upload), so a file of any size passes through a
+        # few parts' worth of memory. S3 publishes the object only once the upload
+        # completes: readers never see a part.
+        with path.open("rb") as source:
+            self._client.put_object(
+                self._bucket, key, source, -1, content_type=content_type, part_size=PART_SIZE
+            )
+
     async def get(self, key: str) -> bytes:
         key_segments(key)
         return await self._call(self._read_all, key)
@@ -173,6 +193,21 @@ class S3BlobStore:
         else:
             await self._call(self._client.remove_object, self._bucket, key)
 
+    async def list_blobs(self, prefix: str) -> AsyncIterator[StoredBlob]:
+        async for blob in in_pages(self._listing(prefix)):
+            yield blob
+
+    def _listing(self, prefix: str) -> Iterator[StoredBlob]:
+        # minio fetches the listing lazily, one page of keys per request.
+        objects = self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+        while (item := _translated(next, objects, None)) is not None:
+            if item.object_name and not item.is_dir and item.last_modified is not None:
+                yield StoredBlob(
+                    key=item.object_name,
+                    size=int(item.size or 0),
+                    modified=item.last_modified.astimezone(UTC),
+                )
+
     def _delete_prefix(self, prefix: str) -> None:
         listing = self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
         targets = [DeleteObject(item.object_name) for item in listing if item.object_name]
@@ -194,6 +229,11 @@ def _translated(work: Callable[..., T], *args: object, **kwargs: object) -> T:
             raise NotFound(f"{exc.object_name or 'object'} not found") from exc
         if exc.code == "InvalidRange":
             raise InvalidInput("requested range is not satisfiable") from exc
+        if exc.code in _CREDENTIAL_CODES:
+            raise BackendUnavailable(
+                f"object store refused the credentials ({exc.code}); check "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ) from exc
         raise BackendUnavailable(f"object store error: {exc.code}: {exc.message}") from exc
     except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise BackendUnavailable(f"object store unavailable: {exc}") from exc

@@ -14,14 +14,18 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ...errors import InvalidInput, NotFound
-from ...ports import BlobInfo
+from ...ports import BlobInfo, StoredBlob
 
 CHUNK_SIZE = 64 * 1024
+LISTING_PAGE = 500
+
+T = TypeVar("T")
 
 # The audio types every browser plays; mimetypes' answers for these vary by platform.
 _CONTENT_TYPES = {
@@ -100,6 +104,10 @@ class FileBlobStore:
         sync = key_segments(key)[0] in self._synced
         await asyncio.to_thread(lambda: _write_atomically(self._path(key), data, sync=sync))
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        sync = key_segments(key)[0] in self._synced
+        await asyncio.to_thread(lambda: _copy_atomically(Path(path), self._path(key), sync=sync))
+
     async def get(self, key: str) -> bytes:
         try:
             return await asyncio.to_thread(lambda: self._path(key).read_bytes())
@@ -136,6 +144,50 @@ class FileBlobStore:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(lambda: _remove(self._path(key), as_prefix=key.endswith("/")))
 
+    async def list_blobs(self, prefix: str) -> AsyncIterator[StoredBlob]:
+        folder = await asyncio.to_thread(self._folder, prefix)
+        async for blob in in_pages(_walk(folder, prefix.removesuffix("/"))):
+            yield blob
+
+    def _folder(self, prefix: str) -> Path:
+        """The folder a listing prefix names: a whole namespace (`outputs/`) or below."""
+        namespace = prefix.removesuffix("/")
+        if namespace in self._roots:
+            return self._roots[namespace]
+        return self._path(prefix)
+
+
+async def in_pages(items: Iterator[T], size: int = LISTING_PAGE) -> AsyncIterator[T]:
+    """Drain a blocking iterator a page at a time in a worker thread."""
+
+    def page() -> list[T]:
+        return [item for _, item in zip(range(size), items, strict=False)]
+
+    while batch := await asyncio.to_thread(page):
+        for item in batch:
+            yield item
+
+
+def _walk(folder: Path, key_prefix: str) -> Iterator[StoredBlob]:
+    """Regular files below `folder`, as keys under `key_prefix`. Files being written
+    (dot-named temporaries) are left out; symlinks are not followed."""
+    for directory, subdirectories, names in os.walk(folder):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        relative = Path(directory).relative_to(folder)
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                info = os.lstat(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue  # deleted while listing
+            if stat.S_ISREG(info.st_mode):
+                yield StoredBlob(
+                    key="/".join((key_prefix, *relative.parts, name)),
+                    size=info.st_size,
+                    modified=datetime.fromtimestamp(info.st_mtime, UTC),
+                )
+
 
 def _open_at(path: Path, offset: int) -> BinaryIO:
     handle = path.open("rb")
@@ -145,6 +197,18 @@ def _open_at(path: Path, offset: int) -> BinaryIO:
 
 def _write_atomically(path: Path, data: bytes, *, sync: bool) -> None:
     """Write a sibling temp file and rename it over the target: readers never see a part."""
+    _replace_atomically(path, lambda handle: handle.write(data), sync=sync)
+
+
+def _copy_atomically(source: Path, path: Path, *, sync: bool) -> None:
+    """`_write_atomically` for the content of a file, copied piece by piece."""
+    with source.open("rb") as origin:
+        _replace_atomically(
+            path, lambda handle: shutil.copyfileobj(origin, handle, 1024 * 1024), sync=sync
+        )
+
+
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object], *, sync: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=".part"
@@ -152,7 +216,7 @@ def _write_atomically(path: Path, data: bytes, *, sync: bool) -> None:
     try:
         os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide the file from other readers
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            write(handle)
             if sync:
                 handle.flush()
                 os.fsync(handle.fileno())

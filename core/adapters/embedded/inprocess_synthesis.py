@@ -18,6 +18,8 @@ from ...ports import AudioChunk, BlobStore, Clip, EngineInfo, SynthesisRequest, 
 class InProcessSynthesis:
     """`SynthesisClient` over an `EngineRunner`."""
 
+    missing_reason: str | None = None  # the engine loaded: it is here
+
     def __init__(self, runner: EngineRunner, blobs: BlobStore) -> None:
         self._runner = runner
         self._blobs = blobs
@@ -29,6 +31,11 @@ class InProcessSynthesis:
     @property
     def runner(self) -> EngineRunner:
         return self._runner
+
+    @property
+    def first_chunk_seconds(self) -> float | None:
+        """The engine's time to first audio: measured at warm-up, then by every call."""
+        return self._runner.first_chunk_seconds
 
     async def start(self) -> None:
         await self._runner.start()

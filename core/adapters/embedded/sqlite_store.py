@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ...domain import (
+    FINAL_STATUSES,
     PRIORITY_ORDER,
     QUEUED_STATUSES,
     Priority,
@@ -37,6 +38,7 @@ from ...domain import (
 )
 from ...errors import (
     BackendUnavailable,
+    Conflict,
     InvalidInput,
     TaskNotFound,
     VoiceAlreadyExists,
@@ -235,9 +237,13 @@ class SqliteMetadataStore:
             return await loop.run_in_executor(
                 self._executor, functools.partial(self._with_connection, work)
             )
+        except sqlite3.IntegrityError as exc:
+            # A constraint refused the write: the data's answer, not an outage.
+            raise Conflict(f"conflicts with stored data: {exc}") from exc
         except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, disk full or unreadable, file gone: an outage.
             raise BackendUnavailable(f"database unavailable: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise BackendUnavailable(f"database error: {exc}") from exc
 
     def _with_connection(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -481,6 +487,20 @@ class SqliteMetadataStore:
             }
 
         return await self._call(query)
+
+    async def delete_finished_tasks_before(self, cutoff: datetime, limit: int) -> list[Task]:
+        finished = sorted(status.value for status in FINAL_STATUSES)
+        marks = ", ".join("?" for _ in finished)
+        # One statement: a task is returned only if this call is the one that deleted it.
+        sql = (
+            "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks"
+            f" WHERE status IN ({marks}) AND completed_at IS NOT NULL AND completed_at < ?"
+            " ORDER BY completed_at LIMIT ?) RETURNING *"
+        )
+        rows = await self._call(
+            lambda conn: conn.execute(sql, [*finished, _iso(cutoff), max(limit, 0)]).fetchall()
+        )
+        return [_task(row) for row in rows]
 
     async def average_synthesis_time(self, kind: TaskKind | None = None) -> float | None:
         where, params = _where({"kind": kind, "status": TaskStatus.completed})
