@@ -31,6 +31,7 @@ COPY core ./core
 COPY router ./router
 COPY predictor ./predictor
 COPY functions ./functions
+COPY cli ./cli
 RUN /opt/venv/bin/pip install --constraint requirements/api.lock ".[cluster,functions]"
 
 FROM ${PYTHON_IMAGE}${PYTHON_IMAGE_DIGEST:+@${PYTHON_IMAGE_DIGEST}}

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test lint format bench clean images
+.PHONY: serve test test-upstream install install-test lint format bench clean images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,30 @@ serve: $(STAMP)            ## run the whole API on http://localhost:8012
 test: $(TEST_STAMP)        ## the whole suite, in the embedded, cluster and predictor profiles
 	$(BIN)/python -m tests.run
 
-lint: $(TEST_STAMP)
+# The CosyVoice adapter against the real upstream code: COSYVOICE_HOME is a checkout of
+# FunAudioLLM/CosyVoice (the commit in core/engines/cosyvoice_loop.py), UPSTREAM_PYTHON a
+# Python with upstream's requirements and this project installed (README "CosyVoice
+# engine"). Without COSYVOICE_HOME the tests skip with the reason.
+UPSTREAM_PYTHON ?= $(BIN)/python
+CV3TINY ?= ../shared/tools/cv3tiny
+UPSTREAM_CACHE ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/cosyvoice-serving,tests/.cache)
+CV3TINY_MODEL ?= $(UPSTREAM_CACHE)/cv3tiny/model_long
+
+test-upstream:             ## CosyVoice adapter tests on upstream's code and a tiny model
+	@if [ -n "$(COSYVOICE_HOME)" ] && [ ! -f "$(CV3TINY_MODEL)/.complete" ]; then \
+		echo "building the tiny CosyVoice3 model into $(CV3TINY_MODEL)"; \
+		rm -rf "$(CV3TINY_MODEL)"; \
+		PYTHONPATH="$(COSYVOICE_HOME)/third_party/Matcha-TTS:$(COSYVOICE_HOME)" \
+			$(UPSTREAM_PYTHON) $(CV3TINY)/build_tiny.py --home "$(COSYVOICE_HOME)" \
+			--out "$(CV3TINY_MODEL)" --no-stop && touch "$(CV3TINY_MODEL)/.complete"; \
+	fi
+	CV3TINY_MODEL="$(CV3TINY_MODEL)" $(UPSTREAM_PYTHON) -m pytest -p no:cacheprovider \
+		-m upstream tests/upstream
+
+lint: $(TEST_STAMP)        ## ruff check and format, mypy (strict for core/ and functions/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff format .
@@ -44,4 +65,4 @@ images:                    ## the API image with buildah, on a debootstrap Debia
 	tools/images/build-api-image.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

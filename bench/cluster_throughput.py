@@ -45,7 +45,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,37 @@ class Servers:
     blob_store_url: str
     s3_endpoint: str
     event_bus_url: str
+
+
+def s3_credentials() -> dict[str, str]:
+    """What the blob store adapter reads from the environment to reach the test S3 server."""
+    from tests.servers import S3Server
+
+    return {
+        "AWS_ACCESS_KEY_ID": S3Server.access_key,
+        "AWS_SECRET_ACCESS_KEY": S3Server.secret_key,
+        "AWS_REGION": S3Server.region,
+    }
+
+
+@contextlib.contextmanager
+def cluster_servers(root: Path) -> Iterator[Servers]:
+    """The MongoDB-, S3- and NATS-speaking test servers in folders under `root`, with the
+    S3 credentials in this process's environment (as in a pod; ones already set win)."""
+    from tests.servers import MongoServer, NatsServer, S3Server
+
+    for name, value in s3_credentials().items():
+        os.environ.setdefault(name, value)
+    with contextlib.ExitStack() as stack:
+        mongo = stack.enter_context(MongoServer(root / "mongo"))
+        s3 = stack.enter_context(S3Server(root / "s3"))
+        nats_server = stack.enter_context(NatsServer(root / "nats"))
+        yield Servers(
+            database_url=f"{mongo.url}/bench",
+            blob_store_url=f"{s3.url}/bench",
+            s3_endpoint=f"127.0.0.1:{s3.port}",
+            event_bus_url=nats_server.url,
+        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +135,7 @@ def build_noop_runtime(settings: Settings) -> Runtime:
     from core.engines.features import FeatureCache
     from core.engines.noop import NoopEngine
     from core.engines.runner import EngineRunner
+    from core.ports import SynthesisClient
     from core.services.synthesis import SynthesisService
     from core.services.voices import VoiceService
     from core.wiring import (
@@ -131,7 +163,7 @@ def build_noop_runtime(settings: Settings) -> Runtime:
         feature_cache=FeatureCache(engine, engine.info.model, blobs, 16),
     )
     client = InProcessSynthesis(runner, blobs)
-    clients = {EngineSlot.v3: client, EngineSlot.v2: client}
+    clients: dict[EngineSlot, SynthesisClient] = {EngineSlot.v3: client, EngineSlot.v2: client}
     synthesis = SynthesisService(
         store,
         blobs,
@@ -430,7 +462,6 @@ def report(platform: list[Measured], limits: list[Measured], concurrency: int) -
 
 
 def main() -> None:
-    from tests.servers import MongoServer, NatsServer, S3Server
     from tests.speech import ENGLISH, write_clips
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -438,21 +469,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     clip = (write_clips() / ENGLISH.filename).read_bytes()
-    # The blob store adapter reads its credentials from the environment, as in a pod.
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", S3Server.access_key)
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3Server.secret_key)
-    os.environ.setdefault("AWS_REGION", S3Server.region)
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        root = Path(tmp)
-        mongo = stack.enter_context(MongoServer(root / "mongo"))
-        s3 = stack.enter_context(S3Server(root / "s3"))
-        nats_server = stack.enter_context(NatsServer(root / "nats"))
-        servers = Servers(
-            database_url=f"{mongo.url}/bench",
-            blob_store_url=f"{s3.url}/bench",
-            s3_endpoint=f"127.0.0.1:{s3.port}",
-            event_bus_url=nats_server.url,
-        )
+    with tempfile.TemporaryDirectory() as tmp, cluster_servers(Path(tmp)) as servers:
         platform, limits = asyncio.run(measure(servers, clip, args.tasks, args.concurrency))
     report(platform, limits, args.concurrency)
 

@@ -169,6 +169,31 @@ async def _drain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
+def _connection_per_request(
+    target: Target,
+    request: bytes,
+    first_audio: Callable[[asyncio.StreamReader], Awaitable[None]],
+) -> Client:
+    """Each request on a new connection, timed from sending `request` until `first_audio`
+    has read the first audio of the answer; the rest is read and dropped."""
+
+    async def send() -> float:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        started = time.perf_counter()
+        writer.write(request)
+        await _read_headers(reader)
+        await first_audio(reader)
+        seconds = time.perf_counter() - started
+        await _drain(reader, writer)
+        return seconds
+
+    @asynccontextmanager
+    async def client() -> AsyncIterator[Request]:
+        yield send
+
+    return client
+
+
 def http_client(target: Target) -> Client:
     boundary = uuid.uuid4().hex
     fields = {"text": TEXT, "voice_id": target.voice_id, "format": "wav", "quality": "medium"}
@@ -185,22 +210,11 @@ def http_client(target: Target) -> Client:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
-    async def send() -> float:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-        started = time.perf_counter()
-        writer.write(request)
-        await _read_headers(reader)
+    async def first_chunk(reader: asyncio.StreamReader) -> None:
         await reader.readline()  # the first chunk's size line
         await reader.readexactly(1)
-        seconds = time.perf_counter() - started
-        await _drain(reader, writer)
-        return seconds
 
-    @asynccontextmanager
-    async def client() -> AsyncIterator[Request]:
-        yield send
-
-    return client
+    return _connection_per_request(target, request, first_chunk)
 
 
 def sse_client(target: Target) -> Client:
@@ -210,22 +224,11 @@ def sse_client(target: Target) -> Client:
         "Accept: text/event-stream\r\nConnection: close\r\n\r\n"
     ).encode()
 
-    async def send() -> float:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-        started = time.perf_counter()
-        writer.write(request)
-        await _read_headers(reader)
+    async def first_audio_event(reader: asyncio.StreamReader) -> None:
         while b"event: audio_chunk" not in await reader.readline():
             pass
-        seconds = time.perf_counter() - started
-        await _drain(reader, writer)
-        return seconds
 
-    @asynccontextmanager
-    async def client() -> AsyncIterator[Request]:
-        yield send
-
-    return client
+    return _connection_per_request(target, request, first_audio_event)
 
 
 def ws_client(target: Target) -> Client:

@@ -161,6 +161,14 @@ class Task(BaseModel):
     completed_at: datetime | None = None
     attempts: int = 0
     lease_until: datetime | None = None
+    # The fencing token of the claim that holds the lease: every write of the render
+    # compares it, so a worker whose lease was retaken can no longer change the task.
+    claim_id: str | None = None
+    # Long-form renders in segment jobs: how many, which are stored, and until when
+    # one process holds the right to assemble them into the output.
+    segments_total: int = 0
+    segments_done: list[int] = Field(default_factory=list)
+    assembling_until: datetime | None = None
     webhook: WebhookState = Field(default_factory=WebhookState)
 
     @property

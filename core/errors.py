@@ -10,7 +10,8 @@
     │   └── AudioNotFound
     ├── Conflict                  the resource exists or is in the wrong state
     │   ├── VoiceAlreadyExists
-    │   └── InvalidTransition     a task state change that lost a race or is not allowed
+    │   ├── InvalidTransition     a task state change that lost a race or is not allowed
+    │   └── LeaseHeld             a live worker holds the task: come back after its lease
     ├── Unavailable               something we depend on cannot answer right now
     │   ├── EngineNotReady
     │   ├── BackendUnavailable    database, object store, event bus or predictor
@@ -79,6 +80,19 @@ class VoiceAlreadyExists(Conflict):
 
 class InvalidTransition(Conflict):
     pass
+
+
+class LeaseHeld(Conflict):
+    """A render event for a task another worker is rendering under a live lease.
+
+    Not a failure of the event: it should come back after `retry_after_seconds` (when
+    the lease runs out unless its owner renews it) and then finds the task ended, or
+    retakes it from an owner that died."""
+
+    def __init__(self, task_id: str, retry_after_seconds: float) -> None:
+        super().__init__(f"Task {task_id} is being rendered by another worker")
+        self.task_id = task_id
+        self.retry_after_seconds = max(retry_after_seconds, 0.05)
 
 
 class Unavailable(CosyVoiceError):

@@ -80,11 +80,29 @@ class MetadataStore(Protocol):
         task_id: str,
         expected: Iterable[TaskStatus],
         changes: dict[str, Any],
+        *,
+        claim_id: str | None = None,
+        lease_expired_before: datetime | None = None,
     ) -> Task | None:
         """Atomic compare-and-set: apply `changes` only if the status is in `expected`.
 
-        Returns the updated task, or None when the task is absent or in another state.
+        With `claim_id`, only while the task still holds that claim (the fencing token a
+        worker got when it claimed the task): a worker whose lease was retaken is refused.
+        With `lease_expired_before`, only when the task's lease ran out before that
+        instant (a task without a lease has none to run out).
+
+        Returns the updated task, or None when the task is absent or any condition fails.
         """
+
+    async def record_segment(self, task_id: str, index: int, lease_until: datetime) -> Task | None:
+        """Add `index` to the task's stored segments (a set: recording one twice is
+        harmless) unless the task ended or is gone. While it is processing, its lease also
+        moves to `lease_until` and its progress up to stored/total (never down). Returns
+        the updated task, or None."""
+
+    async def claim_assembly(self, task_id: str, now: datetime, until: datetime) -> Task | None:
+        """Compare-and-set `assembling_until = until` on a processing task that no one
+        else is assembling (no claim, or one that ran out before `now`); None otherwise."""
 
     async def update_task(self, task_id: str, changes: dict[str, Any]) -> Task:
         """Unconditional field update (progress, webhook state); TaskNotFound."""
@@ -174,12 +192,23 @@ class RenderRequest:
 
     task_id: str
     priority: Priority = Priority.normal
+    # One segment job of a long-form task (its index in the task's plan); None renders
+    # the whole task (claiming it, or planning its segment jobs).
+    segment: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What identifies the job in a queue: the task, or the task and segment."""
+        return self.task_id if self.segment is None else f"{self.task_id}#{self.segment}"
 
 
 RenderHandler = Callable[[RenderRequest], Awaitable[None]]
 """Renders one task. Raising means "try again later"; returning means done (ack)."""
 
 TaskEndedHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+SubmissionHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""Takes one job another service submitted: (the event's id, the task spec it carries)."""
 
 
 class EventBus(Protocol):
@@ -199,6 +228,13 @@ class EventBus(Protocol):
 
     async def consume_renders(self, handler: RenderHandler, concurrency: int) -> None:
         """Run `handler` for queued renders, urgent first, until cancelled."""
+
+    async def consume_submissions(
+        self, handler: SubmissionHandler, *, concurrency: int = 1
+    ) -> None:
+        """Run `handler` for each render job other services submit through the bus, until
+        cancelled. A bus no other service reaches (the in-process one) has none to
+        consume and returns at once."""
 
     async def subscribe_task_ended(
         self, handler: TaskEndedHandler, *, name: str = "task-ended"
@@ -243,6 +279,9 @@ class SynthesisRequest:
     speed: float = 1.0
     language: str | None = None  # target language hint; None = from the text's script
     sample_rate: int | None = None  # None = the engine's native rate
+    # False when the caller only wants the finished audio (a file render): the engine
+    # may then skip its streaming path, which costs extra passes for an early first chunk.
+    stream: bool = True
     # Work that already waited its turn (a task render, the later segments of an admitted
     # request) queues for a slot however full the queue is; anything else is refused
     # with `Overloaded` once MAX_QUEUED_SYNTHESES calls are waiting.
@@ -283,6 +322,18 @@ class SynthesisClient(Protocol):
     def missing_reason(self) -> str | None:
         """Why this slot can never serve while the process runs (its model is absent);
         None when it serves or may serve later (a predictor still starting)."""
+
+    @property
+    def remote(self) -> bool:
+        """True when another process (a predictor) runs the engine."""
+
+    @property
+    def warning(self) -> str | None:
+        """What /health shows beside the slot (e.g. a predictor serving a fallback engine)."""
+
+    @property
+    def first_chunk_seconds(self) -> float | None:
+        """The engine's time to first audio as last measured; None before any measurement."""
 
     async def start(self) -> None: ...
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     port: int = Field(8012, ge=1, le=65535, description="Port the API listens on.")
     debug: bool = Field(False, description="Verbose logging.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as one JSON object per line (with one line per "
+        "request: method, route, status, duration, request id, key name).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"],
         description="Origins allowed to call the API from a browser, comma-separated.",
@@ -130,8 +135,12 @@ class Settings(BaseSettings):
     cosyvoice_fp16: bool = Field(False, description="Run CosyVoice in fp16 (GPU only).")
     cosyvoice_trt: bool = Field(False, description="Use TensorRT for the flow decoder (GPU only).")
     cosyvoice_vllm: bool = Field(False, description="Use vLLM for the LLM stage (GPU only).")
-    synthesis_concurrency: int = Field(
-        2, ge=1, le=256, description="Syntheses run at once per engine (the GPU's slots)."
+    synthesis_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Syntheses run at once per engine (the GPU's slots); unset = chosen for "
+        "the device: one per CPU core, or from free GPU memory and the model.",
     )
     synthesis_timeout: float = Field(
         300.0, gt=0, description="Deadline in seconds for one synthesis call."
@@ -167,6 +176,21 @@ class Settings(BaseSettings):
         description="file:///path, s3://HOST:PORT/BUCKET or s3s://HOST:PORT/BUCKET. "
         "Empty = VOICE_CACHE_DIR for samples and OUTPUT_DIR for rendered audio.",
     )
+    aws_access_key_id: str = Field("", description="Access key of the S3 API (s3:// stores).")
+    aws_secret_access_key: SecretStr = Field(
+        SecretStr(""), description="Secret key of the S3 API (s3:// stores)."
+    )
+    aws_region: str = Field(
+        "", description="Region of the S3 API (empty = AWS_DEFAULT_REGION, else the store's)."
+    )
+    aws_default_region: str = Field(
+        "", description="Region of the S3 API when AWS_REGION is unset (the AWS tools' name)."
+    )
+    ssl_cert_file: FilePath | None = Field(
+        None,
+        description="CA bundle (PEM) that verifies an s3s:// store's certificate; unset = "
+        "the certifi bundle.",
+    )
     event_bus_url: str = Field("memory://", description="memory:// or nats://HOST:PORT.")
     jetstream_stream: str = Field(
         "COSYVOICE",
@@ -177,6 +201,44 @@ class Settings(BaseSettings):
         True,
         description="Create the JetStream stream and keep its configuration; false when "
         "another owner (e.g. a NACK Stream object) manages it.",
+    )
+    k_sink: str = Field(
+        "",
+        description="JetStream source: URL of the function it feeds (Knative's "
+        "ContainerSource sets it from spec.sink).",
+    )
+    jetstream_subjects: str = Field(
+        "cosyvoice.render.requested.*",
+        description="JetStream source: subjects it consumes, comma-separated "
+        "(render requests, cosyvoice.render.submit, cosyvoice.task.>).",
+    )
+    jetstream_max_in_flight: int = Field(
+        4, ge=1, description="JetStream source: events handed to the sink at once."
+    )
+    jetstream_max_deliver: int | None = Field(
+        None,
+        ge=1,
+        description="JetStream source: failed attempts (500 answers of a ready function) "
+        "before an event goes to cosyvoice.dlq.<subject>; unset = TASK_MAX_ATTEMPTS. "
+        "Redeliveries while the function is down or busy do not count.",
+    )
+    jetstream_ack_wait: float | None = Field(
+        None,
+        gt=0,
+        description="JetStream source: seconds before an event nobody reports on is "
+        "delivered again; unset = TASK_LEASE_SECONDS.",
+    )
+    jetstream_sink_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="JetStream source: seconds to wait for the function's answer; "
+        "unset = PREDICTOR_TIMEOUT.",
+    )
+    jetstream_sink_backoff_max: float = Field(
+        30.0,
+        gt=0,
+        description="JetStream source: longest pause between two tries while the function "
+        "is unreachable or not ready (the pause doubles from 0.5 s up to this).",
     )
     backend_timeout: float = Field(
         5.0, gt=0, description="Seconds before a database/object-store call counts as unavailable."
@@ -192,6 +254,14 @@ class Settings(BaseSettings):
     sample_rate: int = Field(22050, ge=8000, le=48000, description="Default output sample rate.")
     max_concurrent_streams: int = Field(
         64, ge=1, description="Streams (HTTP, SSE, WebSocket requests) at once; beyond: 503."
+    )
+
+    # --- OpenAI-compatible API (/v1) ----------------------------------------------
+    openai_voices: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Stored voices that OpenAI's built-in voice names stand for on "
+        "/v1/audio/speech: 'alloy:my_voice,nova:other_voice' or a JSON object; a built-in "
+        "name not listed answers 400.",
     )
 
     # --- tasks --------------------------------------------------------------------
@@ -216,6 +286,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(5, ge=1, le=20, description="Delivery attempts.")
     webhook_backoff_seconds: float = Field(1.0, gt=0, description="First retry delay; doubles.")
     webhook_timeout: float = Field(10.0, gt=0, description="Seconds per delivery attempt.")
+    webhook_resend_interval: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between two scans of the webhook function for callbacks left "
+        "pending longer than a whole delivery takes (then resent).",
+    )
 
     # --- retention ----------------------------------------------------------------
     output_ttl: float = Field(
@@ -238,6 +314,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("ssl_cert_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("openai_voices", mode="before")
+    @classmethod
+    def _voice_aliases(cls, value: object) -> object:
+        from core.schemas.openai import parse_voice_aliases
+
+        return parse_voice_aliases(value) if isinstance(value, str | dict) else value
 
     @field_validator("rate_limit")
     @classmethod
@@ -299,10 +387,11 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, turning a validation error into one clear line."""
     from pydantic import ValidationError
 
+    from core.schemas.common import describe_validation_error
+
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        )
-        raise SystemExit(f"invalid configuration: {problems}") from None
+        # Each problem named as its variable is spelled in the environment.
+        named = ({**err, "loc": [str(p).upper() for p in err["loc"]]} for err in exc.errors())
+        raise SystemExit(f"invalid configuration: {describe_validation_error(named)}") from None

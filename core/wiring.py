@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from .domain import EngineSlot
 from .errors import EngineNotReady
 from .ports import BlobStore, EventBus, MetadataStore, SynthesisClient
+from .services.endings import TaskEndings
 from .services.retention import RetentionSweeper
 from .services.synthesis import SynthesisService
 from .services.tasks import TaskService
@@ -57,15 +58,14 @@ def _file_blobs(url: str, settings: Settings) -> BlobStore:
 
 
 def _s3_blobs(url: str, settings: Settings) -> BlobStore:
-    import os
-
     from .adapters.cluster.s3_blobs import S3BlobStore
 
     return S3BlobStore(
         url,
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        access_key=settings.aws_access_key_id,
+        secret_key=settings.aws_secret_access_key.get_secret_value(),
+        region=settings.aws_region or settings.aws_default_region,
+        ca_file=settings.ssl_cert_file,
         timeout=settings.backend_timeout,
     )
 
@@ -194,10 +194,12 @@ def build_synthesis_clients(
 
 def _feature_forgetter(clients: dict[EngineSlot, SynthesisClient]) -> Callable[[str], None]:
     """Drops a sample's features from the memory of every in-process engine."""
+    from .adapters.embedded.inprocess_synthesis import InProcessSynthesis
+
     caches = {
-        id(runner.feature_cache): runner.feature_cache
+        id(client.runner.feature_cache): client.runner.feature_cache
         for client in clients.values()
-        if (runner := getattr(client, "runner", None)) is not None
+        if isinstance(client, InProcessSynthesis)
     }
 
     def forget(sha256: str) -> None:
@@ -238,6 +240,7 @@ class Runtime:
         if self.settings.worker_concurrency > 0:
             # Webhooks first, so the endings of renders resumed at start are delivered.
             await self.webhooks.start(self.bus)
+            self.webhooks.start_resending(self.settings.webhook_resend_interval)
             await self.worker.start()
             self._working = True
         if self.retention is not None:
@@ -262,19 +265,25 @@ class Runtime:
 
 
 class _DeadLetterSink:
-    """The bus's dead-letter callback: marks the task failed with the bus's reason.
+    """The bus's dead-letter callback: fails the task with the bus's reason through
+    `TaskEndings`, like every other ending (recorded once, announced once).
 
-    The bus is built before the task service that handles its dead letters (which needs
-    the bus), so the service is attached once it exists.
+    The bus is built before the endings that handle its dead letters (which need the
+    bus), so they are attached once they exist.
     """
 
     def __init__(self) -> None:
-        self.tasks: TaskService | None = None
+        self.endings: TaskEndings | None = None
 
     async def __call__(self, task_id: str, reason: str) -> None:
-        if self.tasks is None:
-            raise RuntimeError("dead letter received before the task service exists")
-        await self.tasks.fail(task_id, f"rendering gave up after repeated failures: {reason}")
+        if self.endings is None:
+            raise RuntimeError("dead letter received before the task endings exist")
+        await self.endings.fail(task_id, dead_letter_reason(reason))
+
+
+def dead_letter_reason(reason: str) -> str:
+    """The error a task shows when the bus gave up on its render."""
+    return f"rendering gave up after repeated failures: {reason}"
 
 
 def build_task_parts(
@@ -302,6 +311,7 @@ def build_task_parts(
         concurrency=settings.worker_concurrency,
         lease_seconds=settings.task_lease_seconds,
         max_attempts=settings.task_max_attempts,
+        segment_max_chars=settings.segment_max_chars,
     )
     webhooks = WebhookDispatcher(
         store,
@@ -342,7 +352,7 @@ def build_runtime(settings: Settings) -> Runtime:
         segment_max_chars=settings.segment_max_chars,
     )
     tasks, worker, webhooks = build_task_parts(settings, store, bus, blobs, synthesis)
-    dead_letters.tasks = tasks
+    dead_letters.endings = tasks.endings
     return Runtime(
         settings=settings,
         store=store,

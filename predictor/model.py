@@ -36,6 +36,7 @@ from core.audio.decode import decode_clip, sha256_hex
 from core.engines.features import ClipLoader
 from core.errors import CosyVoiceError, InvalidInput, NotFound, Overloaded, SynthesisFailed
 from core.ports import AudioChunk, BlobStore, Clip, SynthesisRequest, VoicePrompt
+from core.schemas.common import describe_validation_error
 from core.schemas.predictor import (
     EngineDescription,
     FeatureCacheStats,
@@ -199,7 +200,7 @@ class SynthesisModel(Model):
         try:
             instance = PredictRequest.model_validate(payload).instances[0]
         except ValidationError as exc:
-            raise KServeInvalidInput(_one_line(exc)) from None
+            raise KServeInvalidInput(describe_validation_error(exc.errors())) from None
         try:
             checked_text(instance.text, self._max_text_length)
         except InvalidInput as exc:
@@ -325,15 +326,6 @@ def _busy_answer(exc: Overloaded) -> HTTPException:
     """A full queue: 503 with Retry-After, which the router's client passes on as is."""
     seconds = max(math.ceil(exc.retry_after), 1)
     return HTTPException(status_code=503, detail=exc.detail, headers={"Retry-After": str(seconds)})
-
-
-def _one_line(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}" if where else message)
-    return "; ".join(problems)
 
 
 __all__ = ["ClientGone", "SynthesisModel"]

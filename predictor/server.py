@@ -6,6 +6,9 @@ KServe owns the routes of its protocols (`/v1/models/<name>`, `:predict`, `/v2/h
 - a lifespan that loads the engine in the background once the server runs, so probes
   are answered (not ready) while a model loads, and closes the engine on shutdown;
 - `WatchDisconnect`, so a client that leaves cancels its queued or running synthesis;
+- `RequestIdLogging`: the router's `X-Request-ID` becomes this process's request id
+  (`core.request_id`) and each `:predict` is logged with it, so a router line and a
+  predictor line of one request can be matched;
 - the platform's error tree mapped to statuses, with the error class in the body so the
   client raises the same error the in-process engine would have;
 - `GET /v1/models/<name>/metadata`: the engine's description and the counters of the
@@ -35,9 +38,10 @@ from core.errors import (
     SynthesisFailed,
     Unavailable,
 )
+from core.request_id import HEADER, reset_request_id, set_request_id, valid_request_id
 from core.schemas.predictor import PredictorMetadata, StreamError, wire_error_name
 
-from .disconnect import ClientGone, WatchDisconnect
+from .disconnect import ASGIApp, ClientGone, Message, Receive, Send, WatchDisconnect
 from .model import SynthesisModel
 
 log = logging.getLogger(__name__)
@@ -65,10 +69,51 @@ def install(app: FastAPI, model: SynthesisModel) -> None:
     """Attach the predictor's lifecycle, error mapping and metadata to KServe's app."""
     app.router.lifespan_context = _lifespan(app.router.lifespan_context, model)
     app.add_middleware(WatchDisconnect)
+    app.add_middleware(RequestIdLogging)
     app.add_exception_handler(CosyVoiceError, _platform_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.include_router(_metadata_router(model))
     REGISTRY.register(_Collector(model))
+
+
+_REQUEST_ID_HEADER = HEADER.lower().encode("latin-1")
+
+
+class RequestIdLogging:
+    """Takes the caller's `X-Request-ID` (when usable) as the request's id, logs each
+    `:predict` with it and answers with it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_HEADER:
+                request_id = valid_request_id(value.decode("latin-1"))
+                break
+        if request_id is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].endswith(":predict"):
+            log.info("%s %s (request %s)", scope["method"], scope["path"], request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (_REQUEST_ID_HEADER, request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        token = set_request_id(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            reset_request_id(token)
 
 
 def _lifespan(previous: Any, model: SynthesisModel) -> Any:

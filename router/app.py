@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from core.domain import ApiVersion
@@ -21,10 +23,14 @@ from .errors import install_error_handlers
 from .json_limits import JsonDepthMiddleware
 from .limits import ClientLimits, RateLimitMiddleware
 from .logs import install_log_redaction
+from .metrics import RequestTelemetry
+from .metrics import build_router as build_metrics_router
+from .request_id import RequestIdMiddleware
 from .routes import (
     async_compat,
     audio,
     health,
+    openai,
     schedule,
     streaming,
     synthesis,
@@ -68,15 +74,22 @@ class CorsOutermostApp(FastAPI):
     an unhandled exception would leave without CORS headers and a browser would report
     a CORS error in place of the 500. Wrapping the whole stack gives every answer the
     headers: 401 and 429 from the key and limit middleware, 413 from the upload limit,
-    the routes' errors and 500s.
+    the routes' errors and 500s. For the same reason the request id (`X-Request-ID`) and
+    the request metrics sit just inside CORS, around everything else.
     """
 
-    def __init__(self, *, cors_options: dict[str, Any], **options: Any) -> None:
+    def __init__(
+        self, *, cors_options: dict[str, Any], log_requests: bool = False, **options: Any
+    ) -> None:
         self.cors_options = cors_options
+        self.log_requests = log_requests
         super().__init__(**options)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return CORSMiddleware(super().build_middleware_stack(), **self.cors_options)
+        observed = RequestTelemetry(
+            super().build_middleware_stack(), routes=self.routes, log_requests=self.log_requests
+        )
+        return CORSMiddleware(RequestIdMiddleware(observed), **self.cors_options)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -108,9 +121,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 "X-Sample-Rate",
                 "Retry-After",
                 "WWW-Authenticate",
+                "X-Request-ID",
             ],
             "allow_credentials": False,
         },
+        log_requests=settings.log_format == "json",
     )
     app.state.runtime = runtime
     app.state.settings = settings
@@ -132,7 +147,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     install_log_redaction()
 
     app.include_router(health.build_router())
+    app.include_router(openai.build_router())  # /v1: the OpenAI-compatible speech API
+    app.include_router(build_metrics_router())
     for module, versions in ROUTE_MODULES:
         for version in versions:
             app.include_router(module.build_router(version), prefix=f"/api/{version.value}")
+    # The browser console: public static files; its API calls carry the key themselves.
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "static" / "ui", html=True))
     return app

@@ -34,9 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from core.schemas.common import describe_validation_error
 from core.settings import Settings
 
-from .limits import client_host, parse_rate
+from .limits import GUARDED_PREFIXES, client_host, parse_rate
 from .refusals import WS_POLICY_VIOLATION, refuse
 
 log = logging.getLogger("router.auth")
@@ -160,10 +161,8 @@ def read_api_keys_file(path: Path) -> list[ApiKeySpec]:
 
 
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err.get("loc", ()))
-    # Never echo the input: it may be a key.
-    return f"{where or 'entry'}: {err.get('msg', 'invalid')}"
+    # Locations and messages only: the input may be a key, never echoed.
+    return describe_validation_error(exc.errors()[:1], unnamed="entry")
 
 
 def configured_api_keys(settings: Settings) -> list[ApiKeySpec]:
@@ -316,7 +315,9 @@ class ApiKeyMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith("/api/"):
+        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(
+            GUARDED_PREFIXES
+        ):
             await self.app(scope, receive, send)
             return
         outcome = self.keys.authenticate(scope)

@@ -1,6 +1,8 @@
 """The one table from the platform's error tree to HTTP status codes.
 
-Every error body is `{"detail": ...}`. FastAPI's request validation errors become 400
+Every error body is `{"detail": ...}`, except under /v1 (the OpenAI-compatible routes),
+where the same errors take OpenAI's shape `{"error": {"message", "type", "param",
+"code"}}` so OpenAI's SDKs report them. FastAPI's request validation errors become 400
 (the contract keeps 422 for audio that cannot be used); anything unexpected becomes a
 500 with a generic detail, logged with the request id, never a stack trace.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +20,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core import errors
+from core import errors, metrics
+from core.request_id import current_request_id
+from core.schemas.common import describe_validation_error
+from core.schemas.openai import OPENAI_PATH_PREFIX, OpenAiErrorFields, openai_error_body
 
 log = logging.getLogger("router.errors")
 
@@ -59,13 +65,14 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
 
+# FastAPI's first location part says where a value came from; it names no field.
+_REQUEST_PARTS = ("body", "query", "path", "form")
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
-        where = ".".join(loc) or "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    return describe_validation_error(
+        exc.errors(), skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
+    )
 
 
 def _headers_for(exc: errors.CosyVoiceError) -> dict[str, str] | None:
@@ -75,37 +82,70 @@ def _headers_for(exc: errors.CosyVoiceError) -> dict[str, str] | None:
     return None
 
 
+def _validation_param(exc: RequestValidationError) -> str | None:
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in _REQUEST_PARTS]
+        if loc:
+            return loc[0]
+    return None
+
+
+def error_response(
+    request: Request,
+    status: int,
+    detail: Any,
+    headers: Mapping[str, str] | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+) -> JSONResponse:
+    """The error body of the route's API: `{"detail"}`, or OpenAI's shape under /v1."""
+    if request.url.path.startswith(OPENAI_PATH_PREFIX):
+        content = openai_error_body(status, detail, param=param, code=code)
+    else:
+        content = {"detail": detail}
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.CosyVoiceError)
     async def _platform_error(request: Request, exc: errors.CosyVoiceError) -> JSONResponse:
         status = status_for(exc)
+        if isinstance(exc, errors.BackendUnavailable):
+            metrics.count_backend_failure(exc)  # by the adapter that raised it
         if status >= 500:
             log.error("%s %s -> %d: %s", request.method, request.url.path, status, exc.detail)
         else:
             log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.detail)
-        return JSONResponse({"detail": exc.detail}, status_code=status, headers=_headers_for(exc))
+        fields = exc if isinstance(exc, OpenAiErrorFields) else None
+        return error_response(
+            request,
+            status,
+            exc.detail,
+            _headers_for(exc),
+            param=fields.param if fields else None,
+            code=fields.code if fields else None,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = _describe_validation(exc)
         log.info("%s %s -> 400: %s", request.method, request.url.path, detail)
-        return JSONResponse({"detail": detail}, status_code=400)
+        return error_response(request, 400, detail, param=_validation_param(exc))
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
         # Only input nested past the interpreter's limit gets here (a JSON body parsed
         # without MAX_JSON_DEPTH's check first): the client's fault, never a 500.
         log.info("%s %s -> 400: input nested too deeply", request.method, request.url.path)
-        return JSONResponse({"detail": "The request is nested too deeply"}, status_code=400)
+        return error_response(request, 400, "The request is nested too deeply")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        return error_response(request, exc.status_code, exc.detail, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.headers.get("x-request-id", "-")
+        request_id = current_request_id() or "-"
         log.exception("unhandled error (request id %s)", request_id)
-        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+        return error_response(request, 500, "Internal server error")

@@ -94,7 +94,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._in_head = True  # waiting for (the rest of) a request line and headers
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None

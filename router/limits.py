@@ -30,6 +30,9 @@ from .refusals import refuse
 
 log = logging.getLogger("router.limits")
 
+# The routes keys and limits guard: the original API and the OpenAI-compatible one.
+GUARDED_PREFIXES = ("/api/", "/v1/")
+
 NO_LIMIT = ("", "off", "none", "0")
 
 
@@ -121,7 +124,9 @@ class RateLimitMiddleware:
         self.identify = identify
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith("/api/"):
+        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(
+            GUARDED_PREFIXES
+        ):
             await self.app(scope, receive, send)
             return
         key = self.identify(scope)

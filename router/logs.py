@@ -15,15 +15,24 @@ every handler the server installs (the uvicorn access and error logs included):
 
 `safe_log_text` and `redact_secrets` are the same rules for code that builds a log
 message itself.
+
+`LOG_FORMAT=json` writes each record as one JSON object per line with the same
+redaction (JSON's own escaping, completed for DEL, C1 and the Unicode separators, keeps
+it one line). Both formats carry the id of the request being served (`request_id`,
+`core.request_id`), whichever module wrote the line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 from urllib.parse import unquote
+
+from core.request_id import current_request_id
 
 REDACTED = "[redacted]"
 SECRET_PARAMETERS = frozenset(
@@ -86,6 +95,8 @@ class SafeLogFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = safe_log_text(record.message)
+        if not hasattr(record, "request_tag"):  # a handler without RequestIdFilter
+            record.request_tag = ""
         return super().formatMessage(record)
 
     def formatException(self, ei: logging._SysExcInfoType) -> str:
@@ -130,18 +141,72 @@ def install_log_redaction(logger_names: tuple[str, ...] = REDACTED_LOGGERS) -> N
             logger.addFilter(RedactSecrets())
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
+# Fields a record may carry in `extra={"fields": {...}}`: the JSON format writes them as
+# keys of the line, the text format leaves them to the message.
+FIELDS = "fields"
 
 
-def install_safe_logging(level: str, stream: TextIO | None = None) -> None:
-    """One handler on the root logger, with `SafeLogFormatter`, for every logger.
+class RequestIdFilter(logging.Filter):
+    """Puts the id of the request being served on every record (`request_id`, and
+    `request_tag`: " [id]" or nothing, for the text format)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current_request_id()
+        record.request_id = request_id
+        record.request_tag = f" [{request_id}]" if request_id else ""
+        return True
+
+
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029]")  # what json.dumps leaves raw
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, request id, the
+    record's `fields`, and a traceback as one escaped string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_secrets(record.getMessage()),
+        }
+        request_id = getattr(record, "request_id", None) or current_request_id()
+        if request_id:
+            line["request_id"] = request_id
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):
+            line.update({k: _redacted(v) for k, v in fields.items() if k not in line})
+        if record.exc_info:
+            line["exception"] = redact_secrets(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack"] = redact_secrets(self.formatStack(record.stack_info))
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _redacted(value: object) -> object:
+    return redact_secrets(value) if isinstance(value, str) else value
+
+
+def install_safe_logging(
+    level: str, stream: TextIO | None = None, log_format: str = "text"
+) -> None:
+    """One handler on the root logger, with `SafeLogFormatter` (or `JsonLogFormatter`
+    for `log_format="json"`), for every logger.
 
     uvicorn's loggers lose their own handlers and propagate here (start uvicorn with
     `log_config=None`), so its access and error lines are escaped and redacted too, and
-    carry no colour codes.
+    carry no colour codes. In JSON, the router writes its own line per request (with the
+    route, the duration and the key's name: `router.metrics`), so uvicorn's access line
+    is left out.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(SafeLogFormatter(LOG_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        JsonLogFormatter() if log_format == "json" else SafeLogFormatter(LOG_FORMAT)
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -152,3 +217,5 @@ def install_safe_logging(level: str, stream: TextIO | None = None) -> None:
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # the root's level decides (an earlier config may linger)
+    logging.getLogger("uvicorn.access").disabled = log_format == "json"

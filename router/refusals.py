@@ -12,6 +12,8 @@ import json
 
 from starlette.types import Scope, Send
 
+from core.schemas.openai import OPENAI_PATH_PREFIX, openai_error_body
+
 # Policy violation: what RFC 6455 offers for "not allowed here".
 WS_POLICY_VIOLATION = 1008
 
@@ -23,7 +25,10 @@ async def refuse(
     detail: str,
     headers: dict[str, str] | None = None,
 ) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    if scope["path"].startswith(OPENAI_PATH_PREFIX):
+        body = json.dumps(openai_error_body(status, detail)).encode()  # what OpenAI SDKs read
+    else:
+        body = json.dumps({"detail": detail}).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -61,7 +61,7 @@ class SseEncoder:
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
-async def with_keepalive(events: AsyncIterator[bytes], every: float) -> AsyncIterator[bytes]:
+async def with_keepalive(events: AsyncIterator[bytes], every: float) -> AsyncGenerator[bytes, None]:
     """`events`, with a comment line whenever none has left for `every` seconds.
 
     A stream waiting for an engine slot, or for a slow phrase, sends nothing; proxies and

@@ -24,8 +24,8 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, replace
 
 import anyio
 import numpy as np
@@ -120,7 +120,7 @@ class _Lookahead:
     without waiting: the read of the next chunk runs while this one is being sent.
     """
 
-    def __init__(self, chunks: AsyncIterator[AudioChunk]) -> None:
+    def __init__(self, chunks: AsyncGenerator[AudioChunk, None]) -> None:
         self._chunks = chunks
         self._ahead: asyncio.Task[AudioChunk | None] | None = None
         self._closed = False
@@ -173,7 +173,7 @@ class AudioStream:
     def __init__(
         self,
         ticket: StreamTicket,
-        chunks: AsyncIterator[AudioChunk],
+        chunks: AsyncGenerator[AudioChunk, None],
         sample_rate: int,
         chunk_seconds: float,
     ) -> None:
@@ -254,7 +254,7 @@ async def open_audio_stream(
     try:
         await runtime.synthesis.ensure_ready(version)
         sample_rate = request.sample_rate or runtime.synthesis.sample_rate
-        chunks = runtime.synthesis.stream(version, request)
+        chunks = runtime.synthesis.stream(version, replace(request, stream=True))
     except BaseException:
         ticket.release()
         raise

@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from _pytest.outcomes import Skipped
 
 from tests import speech
 
@@ -26,10 +28,11 @@ TESTDATA = speech.CLIP_DIR
 MANDARIN_TRANSCRIPT = speech.MANDARIN_TRANSCRIPT
 
 # Tests with these markers need what a CI machine is not expected to have.
-CI_MAY_SKIP_MARKERS = ("weights", "gpu")
+CI_MAY_SKIP_MARKERS = ("weights", "gpu", "upstream")
 
 
-class MissingTestData(pytest.skip.Exception):
+# The class behind `pytest.skip.Exception`, imported by name so its type is known.
+class MissingTestData(Skipped):
     """A skip because test data or a tool from outside the project is missing."""
 
 
@@ -50,7 +53,7 @@ def pytest_runtest_makereport(
     if (
         report.skipped
         and call.excinfo is not None
-        and call.excinfo.errisinstance(MissingTestData)
+        and isinstance(call.excinfo.value, MissingTestData)
         and running_on_ci()
         and not any(item.get_closest_marker(name) for name in CI_MAY_SKIP_MARKERS)
     ):
@@ -78,3 +81,17 @@ def mandarin_clip(testdata: Path) -> bytes:
 def english_clip(testdata: Path) -> bytes:
     """English, male, 13.8 s, 22.05 kHz 16-bit WAV, used without transcript."""
     return (testdata / speech.ENGLISH.filename).read_bytes()
+
+
+@pytest.fixture
+def cosyvoice_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The stand-in checkout (tests/cosyvoice_standin.py) with torch counted as
+    installed; sys.path and the stand-in's imports are undone after."""
+    import core.engines.cosyvoice as cosyvoice_module  # only the tests that ask load it
+
+    monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: True)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    for name in list(sys.modules):
+        if name.split(".")[0] in {"cosyvoice", "matcha"}:
+            del sys.modules[name]

@@ -4,15 +4,18 @@
 - `S3Server`: `moto_server`, which speaks the S3 REST API over HTTP.
 - `MongoServer`: `secantusd-py` from SecantusDB, a MongoDB wire-protocol server.
 
-Each listens on a free port of 127.0.0.1, keeps its data in a folder of its own (so a
-`restart()` finds the same data again, as after a real outage), counts as started
-only once a client can talk to it, and writes its output to a log file whose tail is
-shown when it fails to start. Use them as context managers or call `start()`/`stop()`.
+Each binds port 0 of 127.0.0.1 and the port it got is read from its own log line (no
+other process can take a port between a probe and the bind), keeps it across `restart()`,
+keeps its data in a folder of its own (so a `restart()` finds the same data again, as
+after a real outage), counts as started only once a client can talk to it, and writes its
+output to a log file whose tail is shown when it fails to start. Use them as context
+managers or call `start()`/`stop()`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,12 +25,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 
 
 def free_port() -> int:
+    """A port nothing listens on right now. Another process may take it before it is
+    used: only for addresses that must refuse connections, and for servers that cannot
+    bind port 0 and say which port they got (`cosyvoice-api serve`, whose PORT must be
+    at least 1, the predictor and the functions take theirs on the command line)."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
@@ -44,15 +52,22 @@ class ServerProcess:
 
     name = "server"
     start_timeout = 60.0
+    # Finds the port in the server's log when it binds port 0 and logs the port it got;
+    # None: the port is picked before the start with `free_port`.
+    port_in_log: re.Pattern[str] | None = None
 
     def __init__(
         self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
     ) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
+        # 0 until the first start has read the port from the log; restarts keep it
+        self.port = port or (0 if self.port_in_log else free_port())
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / f"{self.name}-{self.port}.log"
+        self.log_path = data_dir / (
+            f"{self.name}-{self.port}.log" if self.port else f"{self.name}.log"
+        )
+        self._log_offset = 0  # where the current process's output starts in the log
 
     # what each server adds
     def command(self) -> list[str]:
@@ -67,15 +82,16 @@ class ServerProcess:
         raise NotImplementedError
 
     # lifecycle
-    def start(self) -> ServerProcess:
+    def start(self) -> Self:
         if self.running:
             return self
         return self.launch().wait_until_ready()
 
-    def launch(self) -> ServerProcess:
+    def launch(self) -> Self:
         """Start without waiting (several servers then boot side by side)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.data_dir,
@@ -105,7 +121,7 @@ class ServerProcess:
             time.sleep(0.05)
         return code
 
-    def restart(self) -> ServerProcess:
+    def restart(self) -> Self:
         self.stop()
         return self.start()
 
@@ -133,7 +149,7 @@ class ServerProcess:
         except OSError:
             return False
 
-    def wait_until_ready(self) -> ServerProcess:
+    def wait_until_ready(self) -> Self:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -141,7 +157,7 @@ class ServerProcess:
                     f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
-                if self.ready():
+                if self._port_known() and self.ready():
                     return self
             except OSError:
                 pass
@@ -151,7 +167,18 @@ class ServerProcess:
             f"{self.name} not ready within {self.start_timeout}s:\n{self.log_tail()}"
         )
 
-    def __enter__(self) -> ServerProcess:
+    def _port_known(self) -> bool:
+        """True once the port is known: given, or read from this process's log line."""
+        if self.port or self.port_in_log is None:
+            return True
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            found = self.port_in_log.search(log.read().decode(errors="replace"))
+        if found:
+            self.port = int(found.group(1))
+        return found is not None
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -165,6 +192,7 @@ class ServerProcess:
 
 class NatsServer(ServerProcess):
     name = "nats"
+    port_in_log = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
 
     def command(self) -> list[str]:
         store = self.data_dir / "jetstream"
@@ -174,7 +202,7 @@ class NatsServer(ServerProcess):
             "-a",
             HOST,
             "-p",
-            str(self.port),
+            str(self.port or -1),  # -1: a port the system picks
             "-sd",
             str(store),
         ]
@@ -190,6 +218,7 @@ class NatsServer(ServerProcess):
 
 class S3Server(ServerProcess):
     name = "moto"
+    port_in_log = re.compile(r"Running on http://[\d.]+:(\d+)")
     # moto accepts any signed request; these only make the requests signed like real ones
     access_key = "test-access-key"
     secret_key = "test-secret-key"
@@ -215,6 +244,7 @@ class S3Server(ServerProcess):
 
 class MongoServer(ServerProcess):
     name = "secantus"
+    port_in_log = re.compile(r"listening on [\d.]+:(\d+)")
 
     def command(self) -> list[str]:
         return [
@@ -226,7 +256,7 @@ class MongoServer(ServerProcess):
             "--storage-path",
             str(self.data_dir / "data"),
             "--log-level",
-            "WARNING",
+            "INFO",  # its one INFO line says the port; requests are not logged
         ]
 
     def ready(self) -> bool:

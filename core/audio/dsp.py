@@ -29,7 +29,8 @@ def mix_to_mono(frames: np.ndarray) -> np.ndarray:
         return np.asarray(frames, dtype=np.float32)
     if frames.shape[1] == 1:
         return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
-    return frames.mean(axis=1, dtype=np.float32)
+    mono: np.ndarray = frames.mean(axis=1, dtype=np.float32)
+    return mono
 
 
 def join_segments(
@@ -215,6 +216,6 @@ def estimate_speaking_rate(clip: Clip) -> float:
         dip = float(envelope[start : index + 1].min()) if index > start else last_dip
         if envelope[index] - dip >= 3.0 and index - last_peak >= min_gap:
             nuclei += 1
-            last_peak = index
+            last_peak = int(index)
             last_dip = dip
     return nuclei / speech_seconds

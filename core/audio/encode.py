@@ -24,6 +24,8 @@ CONTENT_TYPES: dict[str, str] = {
     "mp3": "audio/mpeg",
     "flac": "audio/flac",
     "pcm": "audio/L16",
+    "opus": "audio/ogg",  # Opus in Ogg (RFC 7845), streaming formats only
+    "aac": "audio/aac",  # AAC-LC in ADTS frames, streaming formats only
 }
 
 MP3_BITRATE_KBPS = 128
@@ -35,7 +37,8 @@ def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     if not np.isfinite(audio).all():  # rare: checking is far cheaper than always cleaning
         audio = np.nan_to_num(audio)
     scaled = np.clip(audio, -1.0, 1.0) * 32767.0
-    return np.rint(scaled, out=scaled).astype("<i2")
+    np.rint(scaled, out=scaled)
+    return scaled.astype("<i2")
 
 
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: AudioFormat | str) -> bytes:
@@ -242,4 +245,4 @@ def audio_duration(data: bytes) -> float:
         samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise InvalidInput(f"not a decodable audio file: {exc}") from None
-    return samples.shape[0] / sample_rate
+    return float(samples.shape[0] / sample_rate)

@@ -12,24 +12,41 @@ A streamed WAV header cannot know the final length, so it declares the largest s
 "until the end of the stream". A streamed FLAC says the same the FLAC way: its STREAMINFO
 leaves the total length, the frame sizes and the MD5 unset ("unknown"), which the format
 allows for streams; every FLAC frame carries its own header and decodes on its own.
+
+Opus goes into Ogg pages (libsndfile, with its page latency set so a page leaves every
+`_OGG_PAGE_MS`), AAC into ADTS frames (FFmpeg's encoder through PyAV, an optional
+dependency: without it an `aac` request is refused with a message saying what to install).
+Both containers are written front to back, so their bytes can leave as they are made.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from ..domain import AudioFormat
 from ..errors import InvalidInput
 from .encode import CONTENT_TYPES, encode_audio, float_to_pcm16, new_mp3_encoder, wav_header
 
-_STREAMABLE = ("wav", "mp3", "flac", "pcm")
+_STREAMABLE = ("wav", "mp3", "flac", "pcm", "opus", "aac")
 # libFLAC's fastest preset: its 1152-sample blocks (52 ms at 22.05 kHz) are the audio an
 # encoder holds back before it can emit a frame; higher presets hold 4096.
 _FLAC_STREAM_COMPRESSION = 0.0
+# Opus codes at these rates only; anything else is resampled to 48 kHz on the way in.
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# libsndfile holds Ogg pages for about a second by default; a page every 100 ms keeps a
+# stream's first audio close to the engine's while the page overhead stays small.
+_OGG_PAGE_MS = 100.0
+_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # sndfile.h; soundfile has no wrapper for it
+AAC_BITRATE = 64_000  # mono speech: transparent for voice at a fraction of WAV's size
+AAC_MISSING = (
+    "aac output needs the optional PyAV package on the server: pip install 'cosyvoice-serving[aac]'"
+)
 
 
 class StreamEncoder(Protocol):
@@ -174,11 +191,130 @@ class FlacStreamEncoder:
         return self._sink.take()
 
 
-_ENCODERS: dict[str, type[PcmStreamEncoder] | type[Mp3StreamEncoder] | type[FlacStreamEncoder]] = {
+class OpusStreamEncoder:
+    """One Ogg/Opus stream (libopus through libsndfile): headers with the first page,
+    then a page about every `_OGG_PAGE_MS`; `finish` sends the last page."""
+
+    content_type = CONTENT_TYPES["opus"]
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        coded_rate = sample_rate if sample_rate in _OPUS_RATES else 48000
+        self._resampler = (
+            None
+            if coded_rate == sample_rate
+            else soxr.ResampleStream(sample_rate, coded_rate, 1, dtype="float32")
+        )
+        self._sink = _SentBytes()
+        self._file = sf.SoundFile(
+            self._sink,
+            mode="w",
+            samplerate=coded_rate,
+            channels=1,
+            format="OGG",
+            subtype="OPUS",
+        )
+        latency = sf._ffi.new("double*", _OGG_PAGE_MS)
+        sf._snd.sf_command(
+            self._file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency, sf._ffi.sizeof("double")
+        )
+
+    def header(self) -> bytes:
+        return b""  # libsndfile writes the Opus headers with the first page
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._resampler is not None:
+            audio = self._resampler.resample_chunk(audio)
+        if audio.size:
+            self._file.write(np.clip(audio, -1.0, 1.0))
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        if self._resampler is not None:
+            rest = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if rest.size:
+                self._file.write(np.clip(rest, -1.0, 1.0))
+        self._file.close()
+        return self._sink.take()
+
+
+def _load_av() -> Any:
+    try:
+        import av  # optional and heavy (it bundles FFmpeg): imported on first use only
+    except ImportError:
+        raise InvalidInput(AAC_MISSING) from None
+    return av
+
+
+def aac_available() -> bool:
+    try:
+        _load_av()
+    except InvalidInput:
+        return False
+    return True
+
+
+class _Chunks:
+    """The write-only file PyAV's ADTS muxer writes into; it never seeks."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._data += data
+        return len(data)
+
+    def take(self) -> bytes:
+        data = bytes(self._data)
+        self._data.clear()
+        return data
+
+
+class AacStreamEncoder:
+    """AAC-LC in ADTS frames (FFmpeg's native encoder through PyAV): every frame carries
+    its own header, so a stream decodes from any frame on; `finish` flushes the encoder."""
+
+    content_type = CONTENT_TYPES["aac"]
+
+    def __init__(self, sample_rate: int) -> None:
+        av = _load_av()
+        self.sample_rate = sample_rate
+        self._av = av
+        self._sink = _Chunks()
+        self._container = av.open(self._sink, mode="w", format="adts")
+        self._stream = self._container.add_stream("aac", rate=sample_rate, layout="mono")
+        self._stream.bit_rate = AAC_BITRATE
+        self._samples = 0
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        audio = np.clip(np.asarray(samples, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
+        if audio.size:
+            frame = self._av.AudioFrame.from_ndarray(audio, format="flt", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.pts = self._samples
+            self._samples += audio.shape[1]
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        return self._sink.take()
+
+
+_ENCODERS: dict[str, Callable[[int], StreamEncoder]] = {
     "wav": WavStreamEncoder,
     "mp3": Mp3StreamEncoder,
     "flac": FlacStreamEncoder,
     "pcm": PcmStreamEncoder,
+    "opus": OpusStreamEncoder,
+    "aac": AacStreamEncoder,
 }
 
 
@@ -200,6 +336,9 @@ def self_contained_chunk(samples: np.ndarray, sample_rate: int, fmt: str) -> byt
         return float_to_pcm16(samples).tobytes()
     if name in ("wav", "flac"):
         return encode_audio(samples, sample_rate, AudioFormat(name))
+    if name in ("opus", "aac"):
+        encoder = open_stream_encoder(name, sample_rate)
+        return encoder.header() + encoder.encode(samples) + encoder.finish()
     encoder = new_mp3_encoder(sample_rate)
     pcm = float_to_pcm16(samples)
     return bytes(encoder.encode(pcm.tobytes())) + bytes(encoder.flush())

@@ -28,6 +28,9 @@ class EngineRequest:
     instruct_text: str | None = None
     speed: float = 1.0
     language: str | None = None  # None = detect from the text's script
+    # Whether the caller plays chunks as they come: an engine may then trade total time
+    # for an early first chunk (CosyVoice's streaming path); otherwise it renders whole.
+    stream: bool = True
 
 
 class Engine(Protocol):

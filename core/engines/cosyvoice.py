@@ -20,17 +20,18 @@ upstream API (see UPSTREAM.md in the project's specification) is handled here:
   call deletes the cached prompt text), each call installs its own shallow copy under a
   call id derived from the voice key and removes it afterwards;
 - instruct calls pass the clip, not a cached id, which would drop the instruction;
-- the shared stream hop is reset to 25 tokens before each call, under the lock that
-  admits the call, so the first chunk of every stream stays short;
+- only a caller that streams gets upstream's streaming path: a synchronous request or a
+  task runs one non-streaming pass per sentence, without the streaming path's extra
+  flow and vocoder passes;
+- upstream keeps the stream hop on the shared model object, loses its LLM thread's
+  errors (a stream then waits forever) and leaves a closed call's entries behind: the
+  model's `tts` is replaced by a per-call loop (`cosyvoice_loop.py`) that keeps all of
+  that per call, and loading checks that the upstream code is the version it copies;
 - upstream ignores `speed` when streaming, so a call with speed != 1 runs without
-  upstream streaming (one chunk per sentence) and upstream applies the speed exactly;
-- an error in upstream's background LLM thread is lost upstream (and a stream then
-  waits forever): the LLM job is wrapped so the error fails the call that started it;
-- a call closed early leaves per-request entries in the model: they are swept once no
-  call is running and their LLM thread has finished.
+  upstream streaming (one chunk per sentence) and upstream applies the speed exactly.
 
 The runner puts the deadline on every call; this engine stops as soon as the generator
-it returned is closed (an LLM thread already running finishes its sentence on its own).
+it returned is closed (its LLM thread stops at its next speech token).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,7 @@ from ..domain import SynthesisMode
 from ..errors import EngineNotReady, InvalidInput, SynthesisFailed
 from ..ports import Clip, EngineInfo
 from .base import EngineRequest
+from .cosyvoice_loop import CallLoop, check_pinned_upstream
 from .instructions import to_cosyvoice_instruction
 from .text import (
     CHINESE_DIALECTS,
@@ -76,8 +78,13 @@ logger = logging.getLogger(__name__)
 Family = Literal["cosyvoice3", "cosyvoice2"]
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-STREAM_HOP_TOKENS = 25
 
+_GIB = 1024**3
+_GPU_BYTES_PER_CALL = int(1.5 * _GIB)  # activations of one call, fp32 (estimate)
+_GPU_BYTES_PER_CALL_FP16 = 1 * _GIB
+_GPU_RESERVE_BYTES = 1 * _GIB  # CUDA context and allocator slack
+_VLLM_MEMORY_SHARE = 0.2  # upstream's gpu_memory_utilization for the vLLM engine
+_MAX_GPU_SLOTS = 16
 _MIN_PROMPT_RATE = 16000  # upstream's frontend refuses less
 _PROMPT_RATE_FOR_LOW_CLIPS = 24000  # the model's own rate: one resampling fewer upstream
 _MAX_PROMPT_SECONDS = 30.0
@@ -85,13 +92,6 @@ _CJK_SENTENCE_CHARS = 80  # upstream's own split aims at 60-80 tokens a sentence
 _LATIN_SENTENCE_CHARS = 240
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _SPEAKABLE = re.compile(r"\w")
-_SESSION_DICTS = (
-    "tts_speech_token_dict",
-    "llm_end_dict",
-    "hift_cache_dict",
-    "mel_overlap_dict",
-    "flow_cache_dict",
-)
 _TORCH_MAGIC = b"CVTORCH1"
 _NUMPY_MAGIC = b"CVNUMPY1"
 
@@ -165,7 +165,7 @@ def checkout_problem(cosyvoice_home: Path | None) -> str | None:
 def detect_family(model_dir: Path) -> Family | None:
     for family in ("cosyvoice3", "cosyvoice2"):
         if (model_dir / _FAMILIES[family].yaml).is_file():
-            return family  # type: ignore[return-value]
+            return family
     return None
 
 
@@ -246,9 +246,7 @@ class CosyVoiceEngine:
         self._prompt_files: _PromptFiles | None = None
         self._load_lock = threading.Lock()
         self._call_lock = threading.Lock()
-        self._active_calls = 0
         self._call_numbers = itertools.count(1)
-        self._llm_failures: dict[str, BaseException] = {}
 
     @property
     def family(self) -> Family:
@@ -274,6 +272,28 @@ class CosyVoiceEngine:
                 "loaded": self._model is not None,
             },
         )
+
+    def gpu_slots(self) -> int | None:
+        """Calls at once on the GPU, from its free memory and the model; None without one.
+
+        Without vLLM the calls share the GPU without batching: past about 16 each call
+        only gets slower, hence the cap. Estimates per call are in the README table."""
+        torch = _import_torch()
+        if torch is None or not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        weights = sum(
+            (self._model_dir / name).stat().st_size
+            for name in ("llm.pt", "flow.pt", "hift.pt")
+            if (self._model_dir / name).is_file()
+        )
+        if self._model is None:  # not loaded yet: its weights will take their share
+            free -= weights // 2 if self._fp16 else weights
+        if self._vllm:
+            free -= int(total * _VLLM_MEMORY_SHARE)
+        per_call = _GPU_BYTES_PER_CALL_FP16 if self._fp16 else _GPU_BYTES_PER_CALL
+        slots = int((free - _GPU_RESERVE_BYTES) // per_call)
+        return min(max(slots, 1), _MAX_GPU_SLOTS)
 
     # --- loading -----------------------------------------------------------------------
 
@@ -318,10 +338,11 @@ class CosyVoiceEngine:
                 f"{self._model_dir} holds a {type(model).__name__} model, "
                 f"not {self._spec.class_name}"
             )
+        check_pinned_upstream(model.model)
+        CallLoop.install(model.model, _import_torch())
         self._sample_rate = int(model.sample_rate)
         self._pretrained = tuple(str(name) for name in model.frontend.spk2info)
         self._prompt_files = _PromptFiles()
-        _surface_llm_failures(model, self._llm_failures)
         self._model = model
         logger.info("%s loaded from %s", self._spec.model_name, self._model_dir)
 
@@ -375,7 +396,10 @@ class CosyVoiceEngine:
             torch.save({k: _to_cpu(v) for k, v in features.items()}, buffer)
             return _TORCH_MAGIC + buffer.getvalue()
         buffer = io.BytesIO()
-        np.savez(buffer, **{k: _to_numpy(v) for k, v in features.items()})
+        arrays = {k: _to_numpy(v) for k, v in features.items()}
+        # allow_pickle is numpy's default, named so the type checker does not map the
+        # arrays onto it.
+        np.savez(buffer, allow_pickle=True, **arrays)
         return _NUMPY_MAGIC + buffer.getvalue()
 
     def deserialize_features(self, data: bytes) -> Any:
@@ -395,7 +419,7 @@ class CosyVoiceEngine:
 
     # --- synthesis ---------------------------------------------------------------------
 
-    def synthesize(self, request: EngineRequest) -> Iterator[np.ndarray]:
+    def synthesize(self, request: EngineRequest) -> Generator[np.ndarray, None, None]:
         model = self._loaded()
         check_renderable(request.text)
         sentences = _sentences(request.text)
@@ -413,7 +437,7 @@ class CosyVoiceEngine:
         if mode is not SynthesisMode.instruct and not isinstance(features, dict):
             features = self.extract_features(request.clip, request.prompt_text)
         # Upstream applies speed only to whole utterances (see the module docstring).
-        stream = request.speed == 1.0
+        stream = request.stream and request.speed == 1.0
         assert self._prompt_files is not None
         with contextlib.ExitStack() as stack:
             wav_path = ""
@@ -465,13 +489,11 @@ class CosyVoiceEngine:
     def _run(self, model: Any, call: _Call, features: Any, voice_key: str) -> Iterator[np.ndarray]:
         spk2info = model.frontend.spk2info
         call_id = ""
-        with self._call_lock:
-            self._active_calls += 1
-            if call.uses_features:
+        if call.uses_features:
+            with self._call_lock:
                 call_id = f"{voice_key[:32]}-{next(self._call_numbers)}"
                 spk2info[call_id] = dict(features)
-                call.arguments["zero_shot_spk_id"] = call_id
-            _reset_stream_hop(model)
+            call.arguments["zero_shot_spk_id"] = call_id
         outputs: Iterator[dict[str, Any]] | None = None
         try:
             outputs = call.method(**call.arguments)
@@ -479,19 +501,17 @@ class CosyVoiceEngine:
                 samples = _speech_samples(output)
                 if samples.size:
                     yield samples
+        except SynthesisFailed:
+            raise
         except Exception as exc:
             raise SynthesisFailed(f"CosyVoice failed: {type(exc).__name__}: {exc}") from exc
         finally:
             close = getattr(outputs, "close", None)
             if close is not None:
-                close()
-            with self._call_lock:
-                if call_id:
+                close()  # the per-call loop's `finally` removes the call's entries
+            if call_id:
+                with self._call_lock:
                     spk2info.pop(call_id, None)
-                self._active_calls -= 1
-                if self._active_calls == 0:
-                    _sweep_abandoned_sessions(model)
-                    self._llm_failures.clear()
 
     # --- prompt strings ----------------------------------------------------------------
 
@@ -602,67 +622,6 @@ def _checked(prompt: str) -> str:
     if prompt.count(END_OF_PROMPT) != 1:
         raise InvalidInput(f"a prompt must contain {END_OF_PROMPT} exactly once")
     return prompt
-
-
-def _surface_llm_failures(model: Any, failures: dict[str, BaseException]) -> None:
-    """Make an error of upstream's background LLM thread fail the call that started it.
-
-    Upstream runs the LLM in a thread of its own; when it raises, the error is lost and
-    the caller waits for tokens that never come (forever, when streaming). Wrapped here:
-    the LLM job records its error and marks its session ended, which releases the wait,
-    and the vocoder step that follows raises the recorded error in the caller's thread.
-    """
-    inner = getattr(model, "model", None)
-    llm_job = getattr(inner, "llm_job", None)
-    token2wav = getattr(inner, "token2wav", None)
-    ended = getattr(inner, "llm_end_dict", None)
-    if not (callable(llm_job) and callable(token2wav) and isinstance(ended, dict)):
-        logger.warning("unknown upstream model layout: LLM thread errors stay silent")
-        return
-
-    def guarded_llm_job(*args: Any, **kwargs: Any) -> Any:
-        session = kwargs.get("uuid", args[-1] if args else None)
-        try:
-            return llm_job(*args, **kwargs)
-        except BaseException as exc:
-            logger.error("CosyVoice LLM thread failed: %s: %s", type(exc).__name__, exc)
-            failures[str(session)] = exc
-            ended[session] = True
-            return None
-
-    def guarded_token2wav(*args: Any, **kwargs: Any) -> Any:
-        session = kwargs.get("uuid", kwargs.get("uid"))
-        failure = failures.pop(str(session), None)
-        if failure is not None:
-            raise RuntimeError(f"the LLM stage failed: {type(failure).__name__}: {failure}")
-        return token2wav(*args, **kwargs)
-
-    inner.llm_job = guarded_llm_job
-    inner.token2wav = guarded_token2wav
-
-
-def _reset_stream_hop(model: Any) -> None:
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "token_hop_len"):
-        inner.token_hop_len = STREAM_HOP_TOKENS
-
-
-def _sweep_abandoned_sessions(model: Any) -> None:
-    """Drop per-request entries of calls closed early whose LLM thread has ended.
-
-    Called when none of our calls is running, so every entry left is an orphan.
-    """
-    inner = getattr(model, "model", None)
-    ended = getattr(inner, "llm_end_dict", None)
-    if not isinstance(ended, dict):
-        return
-    lock = getattr(inner, "lock", None) or contextlib.nullcontext()
-    with lock:
-        for session in [key for key, done in ended.items() if done]:
-            for name in _SESSION_DICTS:
-                table = getattr(inner, name, None)
-                if isinstance(table, dict):
-                    table.pop(session, None)
 
 
 def _speech_samples(output: dict[str, Any]) -> np.ndarray:

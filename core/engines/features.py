@@ -25,12 +25,11 @@ import re
 import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..domain import features_key
 from ..errors import CosyVoiceError, NotFound, SynthesisFailed
-from ..ports import BlobStore, Clip, VoicePrompt
-from .base import Engine
+from ..ports import Clip, VoicePrompt
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +41,24 @@ _HEADER_LENGTH = struct.Struct(">I")
 _CONTENT_TYPE = "application/octet-stream"
 
 
+class FeatureExtractor(Protocol):
+    """The part of an `Engine` the cache calls: extraction and the features' bytes."""
+
+    def extract_features(self, clip: Clip, prompt_text: str | None) -> Any: ...
+
+    def serialize_features(self, features: Any) -> bytes: ...
+
+    def deserialize_features(self, data: bytes) -> Any: ...
+
+
+class FeatureBlobs(Protocol):
+    """The part of a `BlobStore` the cache uses to share features between replicas."""
+
+    async def get(self, key: str) -> bytes: ...
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+
 class FeatureCache:
     """Clip and engine features per (model, clip hash, prompt text), shared by all calls.
 
@@ -50,7 +67,11 @@ class FeatureCache:
     """
 
     def __init__(
-        self, engine: Engine, model_name: str, blobs: BlobStore | None, capacity: int
+        self,
+        engine: FeatureExtractor,
+        model_name: str,
+        blobs: FeatureBlobs | None,
+        capacity: int,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")

@@ -33,16 +33,18 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
 import soxr
 
+from .. import metrics
 from ..errors import Busy, CosyVoiceError, EngineNotReady, Overloaded, SynthesisFailed
 from ..ports import AudioChunk, Clip, EngineInfo, SynthesisRequest
 from .base import Engine, EngineRequest
 from .features import FeatureCache
+from .slots import default_concurrency
 from .warmup import time_to_first_chunk
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class EngineRunner:
         self,
         engine: Engine,
         *,
-        concurrency: int,
+        concurrency: int | None,
         timeout: float,
         feature_cache: FeatureCache,
         buffered_chunks: int = 4,
@@ -69,6 +71,8 @@ class EngineRunner:
         max_queued: int | None = None,
         warm_up: bool = False,
     ) -> None:
+        if concurrency is None:
+            concurrency = default_concurrency(engine)  # SYNTHESIS_CONCURRENCY unset
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if timeout <= 0:
@@ -97,6 +101,7 @@ class EngineRunner:
         self.first_chunk_seconds: float | None = None
         self.call_seconds: float | None = None  # average time a call holds its slot
         self.refused = 0
+        metrics.watch_engine(self)  # slots and queue, read when /metrics is scraped
 
     @property
     def engine(self) -> Engine:
@@ -219,11 +224,13 @@ class EngineRunner:
             _engine_request(request, clip, features),
             lambda: _call_soon(loop, self._return_slot, call),
         )
+        produced = 0
         try:
             async with contextlib.aclosing(
                 self._consume(call, request, deadline, started)
             ) as chunks:
                 async for chunk in chunks:
+                    produced += chunk.samples.size
                     yield chunk
         except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1
@@ -233,7 +240,11 @@ class EngineRunner:
             raise
         else:
             self.completed += 1
-            self._record_call(loop.time() - admitted)
+            held = loop.time() - admitted
+            self._record_call(held)
+            rate = request.sample_rate or self._engine.info.sample_rate
+            info = self._engine.info
+            metrics.record_real_time_factor(info.engine, info.model, held, produced / rate)
         finally:
             call.cancel.set()
             if not call.finished.is_set():
@@ -252,7 +263,7 @@ class EngineRunner:
 
     async def _consume(
         self, call: _Call, request: SynthesisRequest, deadline: float, started: float
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         loop = asyncio.get_running_loop()
         target_rate = request.sample_rate or self._engine.info.sample_rate
         first = True
@@ -465,12 +476,14 @@ class _ChunkResampler:
         audio = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
         if self._stream is None:
             return audio
-        return self._stream.resample_chunk(audio, last=False)
+        resampled: np.ndarray = self._stream.resample_chunk(audio, last=False)
+        return resampled
 
     def flush(self) -> np.ndarray:
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)
-        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        rest: np.ndarray = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        return rest
 
 
 def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> EngineRequest:
@@ -484,6 +497,7 @@ def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> Eng
         instruct_text=request.instruct_text,
         speed=request.speed,
         language=request.language,
+        stream=request.stream,
     )
 
 

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+_VALUE_ERROR_PREFIX = "Value error, "  # pydantic's wording for a validator's ValueError
+
+
+def describe_validation_error(
+    errors: Iterable[Mapping[str, Any]],
+    *,
+    skip: Container[object] = (),
+    unnamed: str = "",
+    fallback: str = "invalid",
+) -> str:
+    """Pydantic's errors (`exc.errors()`) as one line: `field.sub: message; other: message`.
+
+    `skip` drops location parts that name no field (FastAPI's `body`/`query`, a union's
+    tag); `unnamed` names a problem with no location left (empty: the message alone);
+    `fallback` is the answer when there is no problem to name. Only locations and
+    messages are used, never the input, which may be a secret.
+    """
+    problems = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in skip)
+        message = str(error.get("msg", "invalid")).removeprefix(_VALUE_ERROR_PREFIX)
+        where = where or unnamed
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems) or fallback
 
 
 def iso_utc(value: datetime) -> str:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,7 +55,7 @@ from ..errors import (
 from ..ports import EngineInfo
 
 STREAM_FRAMING = "cosyvoice-pcm-frames/1"
-PCM_ENCODING = "pcm_f32le"
+PCM_ENCODING: Final = "pcm_f32le"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 SAMPLE_KEY_PATTERN = r"^voices/[^\s\\]+$"
 

@@ -45,7 +45,7 @@ def _callback_url(value: str | None) -> str | None:
 
 
 CallbackUrl = Annotated[str | None, AfterValidator(_callback_url)]
-METADATA_FIELD = Field(
+METADATA_FIELD: dict[str, Any] = Field(
     default_factory=dict, description="Any JSON object; returned unchanged with the task."
 )
 

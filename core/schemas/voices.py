@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, TypeVar
 
@@ -17,7 +18,7 @@ from pydantic import (
 
 from ..domain import VOICE_ID_PATTERN, AudioFormat, Voice, VoiceType
 from ..errors import InvalidInput
-from .common import iso_utc
+from .common import describe_validation_error, iso_utc
 
 LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$"
 _LINE_BREAKS = frozenset("\n\r\t")
@@ -140,17 +141,12 @@ class VoiceUpdate(BaseModel):
     is_active: bool | None = None
 
 
-def checked_voice_fields(model: type[_M], raw: dict[str, object]) -> _M:
+def checked_voice_fields(model: type[_M], raw: Mapping[str, object]) -> _M:
     """Validate voice fields; InvalidInput (400) names every field that is wrong."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise InvalidInput(problems) from None
+        raise InvalidInput(describe_validation_error(exc.errors(), unnamed="body")) from None
 
 
 class VoiceDeleted(BaseModel):

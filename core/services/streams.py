@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from .. import metrics
 from ..domain import utcnow
 from ..errors import Busy
 
@@ -43,7 +44,9 @@ class StreamTicket:
         """Mark the moment the first audio of this stream leaves (measured once)."""
         if not self._first_audio_recorded:
             self._first_audio_recorded = True
-            self._registry.record_first_audio(time.perf_counter() - self.opened)
+            seconds = time.perf_counter() - self.opened
+            self._registry.record_first_audio(seconds)
+            metrics.record_first_audio(self.kind.value, seconds)
 
     def release(self) -> None:
         if not self.released:

@@ -16,14 +16,14 @@ import asyncio
 import functools
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
 
-from ..audio.encode import CONTENT_TYPES
+from ..audio.encode import CONTENT_TYPES, encode_audio
 from ..audio.file_writer import AudioFileWriter
 from ..domain import (
     ApiVersion,
@@ -47,6 +47,8 @@ from ..ports import (
 )
 
 ProgressCallback = Callable[[float], Awaitable[None]]
+# Called with the output's duration once it is encoded, just before it is stored.
+BeforeStore = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 
 # Encoding has threads of its own: in asyncio's default pool, seconds of MP3 encoding
@@ -186,7 +188,9 @@ class SynthesisService:
             sample_rate=sample_rate or self.sample_rate,
         )
 
-    def stream(self, version: ApiVersion, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    def stream(
+        self, version: ApiVersion, request: SynthesisRequest
+    ) -> AsyncGenerator[AudioChunk, None]:
         """Chunks at the request's sample rate, the first as soon as the engine has it.
 
         Call `ensure_ready` first. An engine whose queue is full refuses here, at the
@@ -206,11 +210,14 @@ class SynthesisService:
         filename: str,
         *,
         on_progress: ProgressCallback | None = None,
+        before_store: BeforeStore | None = None,
     ) -> RenderResult:
         """Render (long text in segments), join, encode and store under outputs/.
 
         Only the first segment can be refused for a full queue: once admitted, a render's
-        later segments wait their turn (see `SynthesisRequest.background`).
+        later segments wait their turn (see `SynthesisRequest.background`). A task's
+        worker uses `before_store` to record the result under its claim first (raising
+        stops the upload).
         """
         started = time.perf_counter()
         segments = split_sentences(request.text, self._segment_max_chars)
@@ -219,10 +226,19 @@ class SynthesisService:
         await self.ensure_ready(version)
         rate = request.sample_rate or self.sample_rate
         request = replace(request, sample_rate=rate)
+        if len(segments) == 1:
+            return await self._render_short(
+                version, request, fmt, filename, started, on_progress, before_store
+            )
         writer: AudioFileWriter | None = None
         try:
             for index, segment in enumerate(segments, start=1):
-                part = replace(request, text=segment, background=request.background or index > 1)
+                part = replace(
+                    request,
+                    text=segment,
+                    background=request.background or index > 1,
+                    stream=False,  # joined into a file: no early first chunk needed
+                )
                 pieces = [chunk.samples async for chunk in self.stream(version, part)]
                 last = index == len(segments)
                 if writer is None and pieces:
@@ -233,6 +249,8 @@ class SynthesisService:
                     await on_progress(index / len(segments))
             if writer is None or writer.samples == 0:
                 raise SynthesisFailed("the engine produced no audio")
+            if before_store is not None:
+                await before_store(round(writer.duration, 3))
             await self._blobs.put_file(output_key(filename), writer.path, CONTENT_TYPES[fmt.value])
         finally:
             if writer is not None:
@@ -244,6 +262,42 @@ class SynthesisService:
             sample_rate=rate,
             size=writer.size,
         )
+
+    async def _render_short(
+        self,
+        version: ApiVersion,
+        request: SynthesisRequest,
+        fmt: AudioFormat,
+        filename: str,
+        started: float,
+        on_progress: ProgressCallback | None,
+        before_store: BeforeStore | None,
+    ) -> RenderResult:
+        """One segment (every synchronous request): small enough to encode in memory,
+        which spares the temporary file and its copy on the hot path."""
+        part = replace(request, stream=False)
+        pieces = [chunk.samples async for chunk in self.stream(version, part)]
+        if not pieces:
+            raise SynthesisFailed("the engine produced no audio")
+        rate = request.sample_rate or self.sample_rate
+        samples, data = await _off_loop(_encode_whole, pieces, rate, fmt)
+        if before_store is not None:
+            await before_store(round(samples / rate, 3))
+        await self._blobs.put(output_key(filename), data, CONTENT_TYPES[fmt.value])
+        if on_progress is not None:
+            await on_progress(1.0)
+        return RenderResult(
+            filename=filename,
+            duration=round(samples / rate, 3),
+            synthesis_time=round(time.perf_counter() - started, 3),
+            sample_rate=rate,
+            size=len(data),
+        )
+
+
+def _encode_whole(pieces: list[np.ndarray], rate: int, fmt: AudioFormat) -> tuple[int, bytes]:
+    audio = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    return audio.size, encode_audio(audio, rate, fmt)
 
 
 def _open_and_add(
@@ -265,7 +319,9 @@ def _add(writer: AudioFileWriter, pieces: list[np.ndarray], last: bool) -> None:
         writer.finish()
 
 
-async def _audible(chunks: AsyncGenerator[AudioChunk, None]) -> AsyncIterator[AudioChunk]:
+async def _audible(
+    chunks: AsyncGenerator[AudioChunk, None],
+) -> AsyncGenerator[AudioChunk, None]:
     try:
         async for chunk in chunks:
             if chunk.samples.size:

@@ -6,6 +6,10 @@
                                                   └─release (shutdown, lease expired)─▶ queued again
     any unfinished ──cancel──▶ cancelled
 
+Every ending (completed, failed, cancelled) goes through `TaskEndings` (endings.py):
+one compare-and-set that records it the same way wherever it happens, and one
+announcement by whoever won it.
+
 Every change is a compare-and-set on the status in the repository (`MetadataStore.
 transition`), so two racing calls (render twice, cancel during a render) cannot both
 win: the loser sees the state the winner left and answers 409, or the worker notices it
@@ -18,17 +22,18 @@ counts) and the measured average synthesis time of completed tasks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import uuid
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from ..domain import (
-    FINAL_STATUSES,
     QUEUED_STATUSES,
     ApiVersion,
     AudioFormat,
@@ -41,12 +46,13 @@ from ..domain import (
     utcnow,
 )
 from ..engines.text import check_renderable
-from ..errors import InvalidInput, InvalidTransition, NotFound, TaskNotFound
+from ..errors import CosyVoiceError, InvalidInput, InvalidTransition, NotFound, TaskNotFound
 from ..ports import BlobStore, EventBus, MetadataStore, RenderRequest
 from ..schemas.tasks import RenderSubmission
+from .endings import TaskEndings
+from .endings import ending_changes as ending_changes  # re-exported: part of this API
 from .netguard import CallbackRejected, check_callback_url
 from .synthesis import SynthesisService, checked_text, output_filename
-from .webhooks import task_ended_payload
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,6 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.failed: frozenset(),
     S.cancelled: frozenset(),
 }
-UNFINISHED_STATUSES = frozenset(set(TaskStatus) - FINAL_STATUSES)
 # The statuses a task of each kind can be in (API.md): what its counts list, so they add
 # up to its total with only documented keys. A scheduled task is never `registered`.
 STATUSES_OF_KIND: dict[TaskKind, tuple[TaskStatus, ...]] = {
@@ -101,17 +106,36 @@ def queued_status(kind: TaskKind) -> TaskStatus:
     return TaskStatus.registered if kind is TaskKind.task else TaskStatus.scheduled
 
 
-def ending_changes(task: Task, status: TaskStatus, **changes: Any) -> dict[str, Any]:
-    """Changes that end a task: the final status, its time, and a webhook marked due.
+def back_in_queue(task: Task) -> dict[str, Any]:
+    """The changes that take a `processing` task back to its queue, unclaimed and
+    unleased, as if no render had started."""
+    return {
+        "status": queued_status(task.kind),
+        "claim_id": None,
+        "lease_until": None,
+        "progress": 0.0,
+        "started_at": None,
+    }
 
-    Marking the webhook `pending` in the same write as the final status means a crash
-    between the two cannot lose the callback: start-up resends every pending one.
-    """
-    assert status in FINAL_STATUSES
-    ending: dict[str, Any] = {"status": status, "completed_at": utcnow(), "lease_until": None}
-    if task.callback_url:
-        ending["webhook"] = WebhookState(status="pending")
-    return ending | changes
+
+async def renew_lease(store: MetadataStore, task: Task, *, lease: timedelta, every: float) -> None:
+    """Extend the task's lease every `every` seconds while it stays `processing` under
+    its claim; return once it does not (ended, requeued or retaken). A renewal the
+    repository refuses is logged and tried again at the next turn."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            mine = await store.transition(
+                task.task_id,
+                [TaskStatus.processing],
+                {"lease_until": utcnow() + lease},
+                claim_id=task.claim_id,
+            )
+        except CosyVoiceError as exc:
+            log.warning("could not renew the lease of task %s: %s", task.task_id, exc.detail)
+            continue
+        if mine is None:
+            return
 
 
 # --- estimates ---------------------------------------------------------------------------
@@ -200,9 +224,11 @@ class TaskService:
         max_text_length: int,
         allow_private_callbacks: bool,
         worker_concurrency: int,
+        endings: TaskEndings | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
+        self.endings = endings or TaskEndings(store, bus)
         self._blobs = blobs
         self._synthesis = synthesis
         self._max_text_length = max_text_length
@@ -318,15 +344,9 @@ class TaskService:
                     task.task_id, [task.status], {"status": undo, "queued_at": None}
                 )
             else:
-                failed = await self._store.transition(
-                    task.task_id,
-                    [task.status],
-                    ending_changes(
-                        task, TaskStatus.failed, error_message=f"could not be queued: {exc}"
-                    ),
+                await self.endings.fail(
+                    task.task_id, f"could not be queued: {exc}", expected=[task.status]
                 )
-                if failed is not None:
-                    await self.announce(failed)
             raise
 
     # --- ending ------------------------------------------------------------------------
@@ -339,14 +359,9 @@ class TaskService:
                 await self._store.delete_task(task_id)
                 await self._discard_output(task)
                 return "deleted", task
-            cancelled = await self._store.transition(
-                task_id,
-                UNFINISHED_STATUSES,
-                ending_changes(task, TaskStatus.cancelled, error_message="cancelled by request"),
-            )
+            cancelled = await self.endings.cancel(task)
             if cancelled is not None:
                 await self._discard_output(cancelled)
-                await self.announce(cancelled)
                 return "cancelled", cancelled
         raise InvalidTransition(f"Task {task_id} keeps changing state; try again")
 
@@ -362,27 +377,13 @@ class TaskService:
         return task
 
     async def fail(self, task_id: str, reason: str) -> Task | None:
-        """Mark an unfinished task failed (a render that exhausted its deliveries)."""
-        try:
-            task = await self._store.get_task(task_id)
-        except TaskNotFound:
-            return None
-        failed = await self._store.transition(
-            task_id,
-            UNFINISHED_STATUSES - {TaskStatus.pending},
-            ending_changes(task, TaskStatus.failed, error_message=reason),
-        )
-        if failed is not None:
-            await self.announce(failed)
-        return failed
+        """Mark a queued or processing task failed (a render that exhausted its
+        deliveries); None when it is absent, pending or already ended."""
+        return await self.endings.fail(task_id, reason)
 
     async def announce(self, task: Task) -> None:
-        """Tell the bus a task ended (the webhook path listens). Never raises: the
-        webhook is marked pending on the task and resent at start-up if this is lost."""
-        try:
-            await self._bus.publish_task_ended(task.status.value, task_ended_payload(task))
-        except Exception:
-            log.exception("could not announce that task %s is %s", task.task_id, task.status)
+        """Tell the bus a task ended (see `TaskEndings.announce`)."""
+        await self.endings.announce(task)
 
     async def _discard_output(self, task: Task) -> None:
         try:

@@ -32,6 +32,13 @@ marks it `pending`, so deliveries cut short by a restart are resumed at the next
 A delivery that breaks for any other reason (a URL that can never be sent, an
 unexpected error) is recorded `failed` with the reason, never left `pending` to be
 retried after every restart.
+
+An event only says which task ended: the body and the URL are built from the stored
+task (`deliver_for_task`), so whoever can publish on the bus cannot have arbitrary JSON
+signed or sent anywhere, and an event for an unknown or unfinished task sends nothing.
+Several processes may deliver and resend at once: the idempotency key is derived from
+the stored ending, the store says when a callback was delivered, and the periodic
+resend only takes up callbacks left `pending` longer than a whole delivery could take.
 """
 
 from __future__ import annotations
@@ -48,11 +55,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from .. import metrics
 from ..domain import FINAL_STATUSES, Task, WebhookState, utcnow
 from ..errors import CosyVoiceError, TaskNotFound
 from ..ports import MetadataStore
@@ -142,6 +151,15 @@ def task_ended_payload(task: Task) -> dict[str, Any]:
     """What the bus carries when a task ends: the status object and where to send it."""
     body = TaskStatusResponse.of(task).model_dump(mode="json", exclude={"webhook"})
     return body | {"callback_url": task.callback_url}
+
+
+class NothingToDeliver(Exception):
+    """An event that names no ended task: it is dropped and nothing is sent."""
+
+
+def delivery_window(max_attempts: int, backoff_seconds: float, timeout: float) -> float:
+    """The longest one delivery can take: every attempt timing out, every pause at most."""
+    return max_attempts * timeout + sum(backoff_delays(max_attempts, backoff_seconds))
 
 
 # --- one attempt ---------------------------------------------------------------------------
@@ -240,6 +258,8 @@ class WebhookDispatcher:
         self._sender: PinnedSender | None = None
         self._inflight_keys: set[str] = set()
         self._running: set[asyncio.Task[Any]] = set()
+        # A callback still `pending` after this long is no longer being sent by anyone.
+        self.abandoned_after = delivery_window(max_attempts, backoff_seconds, timeout)
 
     async def start(self, bus: Any | None = None) -> None:
         """Open the HTTP client; subscribe to the bus and resend what a restart cut off."""
@@ -263,24 +283,54 @@ class WebhookDispatcher:
             self._sender = None
 
     async def handle(self, payload: dict[str, Any]) -> None:
-        """Bus subscriber: deliver one event (tracked, so `stop` can cut it short)."""
+        """Bus subscriber: deliver the callback of the task an event names, from the
+        stored task (tracked, so `stop` can cut it short)."""
         current = asyncio.current_task()
         if current is not None:
             self._running.add(current)
         try:
-            await self.deliver(payload)
+            await self.deliver_for_task(event_task_id(payload), ended=event_status(payload))
+        except NothingToDeliver as exc:
+            log.warning("dropped a task-ended event: %s", exc)
         finally:
             if current is not None:
                 self._running.discard(current)
+
+    async def deliver_for_task(self, task_id: str, *, ended: str | None = None) -> WebhookState:
+        """Deliver the callback of a stored task that ended, built from the record alone.
+
+        `ended` is the status the event announced; an event for a task that does not
+        exist, has not ended, or ended otherwise raises NothingToDeliver.
+        """
+        if not task_id:
+            raise NothingToDeliver("the event names no task")
+        try:
+            task = await self._store.get_task(task_id)
+        except TaskNotFound:
+            raise NothingToDeliver(f"task {task_id} does not exist") from None
+        if task.status not in FINAL_STATUSES:
+            raise NothingToDeliver(f"task {task_id} has not ended (it is {task.status.value})")
+        if ended is not None and ended != task.status.value:
+            raise NothingToDeliver(f"task {task_id} ended {task.status.value}, not {ended}")
+        if not task.callback_url or task.webhook.status == "delivered":
+            return task.webhook
+        return await self.deliver(task_ended_payload(task))
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         job = asyncio.ensure_future(work)
         self._running.add(job)
         job.add_done_callback(self._running.discard)
 
-    async def resume_pending(self) -> int:
-        """Resend every ended task whose webhook is still `pending` (cut off by a restart)."""
+    async def resume_pending(self, *, abandoned_only: bool = False) -> int:
+        """Resend every ended task whose webhook is still `pending` (cut off by a restart
+        or never announced).
+
+        With `abandoned_only`, only those that ended longer ago than a whole delivery can
+        take: what another replica may still be sending is left to it, so replicas
+        resending together do not send one callback twice.
+        """
         resumed = 0
+        cutoff = utcnow() - timedelta(seconds=self.abandoned_after)
         for status in FINAL_STATUSES:
             try:
                 tasks, _ = await self._store.list_tasks(status=status, limit=RESUME_SCAN_LIMIT)
@@ -288,15 +338,31 @@ class WebhookDispatcher:
                 log.warning("could not look for pending webhooks: %s", exc.detail)
                 return resumed
             for task in tasks:
-                if task.callback_url and task.webhook.status == "pending":
-                    self._spawn(self.deliver(task_ended_payload(task)))
-                    resumed += 1
+                if not task.callback_url or task.webhook.status != "pending":
+                    continue
+                if abandoned_only and (task.completed_at is None or task.completed_at > cutoff):
+                    continue
+                self._spawn(self.deliver(task_ended_payload(task)))
+                resumed += 1
         if resumed:
-            log.info("resending %d webhook(s) interrupted by a restart", resumed)
+            log.info("resending %d pending webhook(s)", resumed)
         return resumed
 
+    async def resend_periodically(self, interval: float) -> None:
+        """Resend abandoned pending webhooks now and every `interval` seconds, until
+        cancelled (the webhook function runs this; many replicas may)."""
+        while True:
+            await self.resume_pending(abandoned_only=True)
+            await self._sleep(interval)
+
+    def start_resending(self, interval: float) -> None:
+        """Run `resend_periodically` in the background; `stop` ends it."""
+        self._spawn(self.resend_periodically(interval))
+
     async def deliver(self, payload: dict[str, Any]) -> WebhookState:
-        """Send one event with retries; returns (and records) the final delivery state."""
+        """Send the payload `task_ended_payload` built from a stored task, with retries;
+        returns (and records) the final delivery state. Never pass an event's data here:
+        `deliver_for_task` is the way from an event."""
         body_fields = dict(payload)
         url = body_fields.pop("callback_url", None)
         task_id = str(body_fields.get("task_id", ""))
@@ -395,12 +461,23 @@ class WebhookDispatcher:
         return task.webhook.status == "delivered"
 
     async def _record(self, task_id: str, state: WebhookState) -> None:
+        metrics.count_webhook_state(state.status)
         try:
             await self._store.update_task(task_id, {"webhook": state})
         except TaskNotFound:
             pass  # deleted after it ended; the receiver is told all the same
         except CosyVoiceError as exc:
             log.warning("could not record webhook state of task %s: %s", task_id, exc.detail)
+
+
+def event_task_id(payload: dict[str, Any]) -> str:
+    task_id = payload.get("task_id")
+    return task_id if isinstance(task_id, str) else ""
+
+
+def event_status(payload: dict[str, Any]) -> str | None:
+    status = payload.get("status")
+    return status if isinstance(status, str) else None
 
 
 def describe(exc: BaseException) -> str:

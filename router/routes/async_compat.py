@@ -6,6 +6,9 @@
     DELETE /cross-lingual/async/{task_id}   cancel (delete when already finished)
 
 Waiting states are reported as `pending`, as the original did.
+
+Built per version by `build_router(version)`: the closure keeps the version whose engine
+renders these tasks beside the handlers, with no per-request dependency to resolve it.
 """
 
 from __future__ import annotations

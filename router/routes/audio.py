@@ -1,4 +1,8 @@
-"""Rendered audio downloads: /audio/{filename}, with HTTP Range for players."""
+"""Rendered audio downloads: /audio/{filename}, with HTTP Range for players.
+
+Built per version by `build_router(version)` like the other versioned route modules, so
+`create_app` mounts them all one way; here the version only names the OpenAPI tag.
+"""
 
 from __future__ import annotations
 

@@ -45,8 +45,8 @@ async def engine_health(runtime: Runtime, slot: EngineSlot, deep: bool) -> Engin
         model=info.model,
         engine=info.engine,
         real_model=info.real_model,
-        remote=bool(getattr(client, "remote", False)),
-        warning=runtime.engine_warnings.get(slot) or getattr(client, "warning", None),
+        remote=client.remote,
+        warning=runtime.engine_warnings.get(slot) or client.warning,
         serves=SERVES[slot],
     )
 

@@ -3,6 +3,9 @@
 register (pending) → render / render-all (scheduled) → the worker (processing) →
 completed | failed; or cancelled. Every state change is a compare-and-set, so racing
 calls end in one well-defined state and the loser gets 409.
+
+Built per version by `build_router(version)`: the closure keeps the version whose engine
+renders these tasks beside the handlers, with no per-request dependency to resolve it.
 """
 
 from __future__ import annotations

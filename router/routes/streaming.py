@@ -3,13 +3,16 @@
 The routes only validate and build the synthesis request; the streaming itself is
 `router.streaming`, shared with `stream=true` on the synchronous routes and with the
 WebSocket.
+
+Built per version by `build_router(version)`: the closure keeps the version (which engine
+streams) beside the handlers, with no per-request dependency to resolve it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query
 from fastapi.responses import StreamingResponse
@@ -41,13 +44,13 @@ from ..streaming import (
 
 FORMAT_HELP = "wav, mp3, flac or pcm (raw 16-bit little-endian)"
 QUALITY_HELP = "low (16 kHz, 0.5 s chunks), medium (22.05 kHz, 0.3 s), high (44.1 kHz, 0.2 s)"
-CHUNKED_AUDIO = {
+CHUNKED_AUDIO: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The audio as one file, sent with chunked transfer encoding",
         "content": {"audio/wav": {}, "audio/mpeg": {}, "audio/flac": {}, "audio/L16": {}},
     }
 }
-EVENT_STREAM = {
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Events start, audio_chunk (base64 audio), complete, error",
         "content": {"text/event-stream": {}},

@@ -1,8 +1,12 @@
-"""Synchronous synthesis: /cross-lingual/with-audio, /with-cache, /instruct, /capabilities."""
+"""Synchronous synthesis: /cross-lingual/with-audio, /with-cache, /instruct, /capabilities.
+
+Built per version by `build_router(version)`: the version picks the engine and which
+routes exist at all (`/instruct` is v3's), which a shared module-level router cannot vary.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import StreamingResponse
@@ -32,7 +36,7 @@ MODEL_LABEL = {
     ApiVersion.v2: "CosyVoice2",
     ApiVersion.v3: "CosyVoice3",
 }
-AUDIO_RESPONSES = {
+AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON result, or the audio itself (chunked) when stream=true",
         "content": {"audio/wav": {}, "audio/mpeg": {}, "audio/flac": {}},

@@ -2,6 +2,9 @@
 
 A task is queued as soon as it is created and rendered by the worker; long text is
 rendered in segments, and `progress` advances per segment.
+
+Built per version by `build_router(version)`: the closure keeps the version whose engine
+renders these tasks beside the handlers, with no per-request dependency to resolve it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The voice library: /voices (API.md, "Voices")."""
+"""The voice library: /voices (API.md, "Voices").
+
+Built per version by `build_router(version)`: the closure keeps the version (whose
+pretrained voices are listed) beside the handlers, with no per-request dependency.
+"""
 
 from __future__ import annotations
 

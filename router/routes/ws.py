@@ -1,4 +1,8 @@
-"""WebSocket streaming: /ws/stream and the list of open sessions, /ws/sessions."""
+"""WebSocket streaming: /ws/stream and the list of open sessions, /ws/sessions.
+
+Built per version by `build_router(version)`: each socket streams from its version's
+engine and lists its version's sessions; the closure keeps the version beside them.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from core.audio.stream import self_contained_chunk
 from core.domain import ApiVersion
 from core.errors import CosyVoiceError, InvalidInput
+from core.schemas.common import describe_validation_error
 from core.schemas.streaming import (
     CLIENT_MESSAGE,
     CLIENT_MESSAGE_TYPES,
@@ -309,11 +314,10 @@ class StreamConnection:
 
 
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in CLIENT_MESSAGE_TYPES)
-        parts.append(f"{where or 'message'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid message"
+    # The union's tag (the message type) leads each location; it names no field.
+    return describe_validation_error(
+        exc.errors(), skip=CLIENT_MESSAGE_TYPES, unnamed="message", fallback="invalid message"
+    )
 
 
 def build_router(version: ApiVersion) -> APIRouter:

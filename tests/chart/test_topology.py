@@ -79,8 +79,8 @@ def topology(chart: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
         for server in servers:
             server.wait_until_ready()
         mongo, s3, nats = servers
-        values = chart_values(nats, s3)  # type: ignore[arg-type]
-        secrets = cluster_secrets(chart.values, mongo)  # type: ignore[arg-type]
+        values = chart_values(nats, s3)
+        secrets = cluster_secrets(chart.values, mongo)
         running = Topology(chart, values, secrets, root / "pods")
         stack.enter_context(running)
         yield running

@@ -254,7 +254,7 @@ def workloads_of(objects: list[Manifest]) -> list[Workload]:
             template = spec["template"]
             container = _the_container(template["spec"], name)
             labels = template["metadata"].get("labels", {})
-            hosts: tuple[str, ...] = ()
+            hosts = ()
             for service in services:
                 selector = service["spec"].get("selector") or {}
                 if selector and all(labels.get(k) == v for k, v in selector.items()):
@@ -599,6 +599,22 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def kill(self, component: str) -> None:
+        """SIGKILL a workload's process, as when its node or pod is lost."""
+        self.process(component).stop(signal.SIGKILL)
+
+    def stop_workload(self, component: str) -> None:
+        """Stop a workload as Kubernetes does (SIGTERM, then SIGKILL after a grace)."""
+        self.process(component).stop()
+
+    def start_workload(self, component: str, *, wait: bool = True) -> LocalContainer:
+        """Start a stopped workload again with the same command, environment and port."""
+        process = self.process(component)
+        process.launch()
+        if wait:
+            process.wait_until_ready()
+        return process
 
     def process(self, component: str) -> LocalContainer:
         matches = [p for p in self.processes if p.plan.workload.component == component]

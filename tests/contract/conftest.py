@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from core.adapters.cluster.mongo_store import MongoMetadataStore
-from core.adapters.cluster.nats_bus import STREAM, NatsEventBus
+from core.adapters.cluster.nats_bus import NatsEventBus
 from core.adapters.cluster.s3_blobs import S3BlobStore
 from core.adapters.embedded.file_blobs import FileBlobStore
 from core.adapters.embedded.memory_bus import MemoryEventBus
@@ -34,6 +34,7 @@ from core.domain import (
     sample_key,
 )
 from core.ports import BlobStore, EventBus, MetadataStore
+from tests.nats_stream import delete_stream
 from tests.servers import MongoServer, NatsServer, S3Server
 
 BACKEND_TIMEOUT = 2.0
@@ -116,19 +117,19 @@ def make_task(
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
     with MongoServer(tmp_path_factory.mktemp("secantus")) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with S3Server(tmp_path_factory.mktemp("moto")) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     with NatsServer(tmp_path_factory.mktemp("nats")) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture(params=PROFILES)
@@ -211,20 +212,6 @@ class DeadLetters:
 BusFactory = Callable[..., Awaitable[EventBus]]
 
 
-async def _delete_stream(url: str) -> None:
-    import nats
-    import nats.js.errors
-
-    client = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        try:
-            await client.jetstream().delete_stream(STREAM)
-        except nats.js.errors.NotFoundError:
-            pass
-    finally:
-        await client.close()
-
-
 @pytest.fixture
 async def make_bus(
     profile: str, request: pytest.FixtureRequest, metadata_store: MetadataStore
@@ -237,7 +224,7 @@ async def make_bus(
     if profile == "cluster":
         server: NatsServer = request.getfixturevalue("nats_server")
         nats_url = server.url
-        await _delete_stream(nats_url)
+        await delete_stream(nats_url)
     started: list[EventBus] = []
 
     async def factory(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.adapters.blob_keys import CHUNK_SIZE
 from core.adapters.cluster.s3_blobs import S3BlobStore
-from core.adapters.embedded.file_blobs import CHUNK_SIZE, FileBlobStore
+from core.adapters.embedded.file_blobs import FileBlobStore
 from core.errors import BackendUnavailable, InvalidInput, NotFound
 from core.ports import BlobStore
 from tests.servers import free_port

@@ -17,6 +17,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from core.adapters.cluster.nats_bus import DLQ_REASON_HEADER, STREAM, NatsEventBus
 from core.adapters.embedded.sqlite_store import SqliteMetadataStore
@@ -180,7 +181,7 @@ async def test_task_ended_events_reach_subscribers(make_bus: BusFactory) -> None
     async def on_task_ended(payload: dict[str, Any]) -> None:
         received.append(payload)
 
-    await bus.subscribe_task_ended(on_task_ended)  # type: ignore[attr-defined]
+    await bus.subscribe_task_ended(on_task_ended)
     payload = {
         "task_id": "t-1",
         "status": "completed",
@@ -199,11 +200,12 @@ async def test_task_ended_events_reach_subscribers(make_bus: BusFactory) -> None
 # --- NATS only ------------------------------------------------------------------------------
 
 
-async def stream_message(server: NatsServer, subject: str) -> nats.aio.msg.Msg | None:
+async def stream_message(server: NatsServer, subject: str) -> Msg | None:
     client = await nats.connect(server.url)
     try:
         message = await client.jetstream().get_last_msg(STREAM, subject)
-        return nats.aio.msg.Msg(
+        assert message.subject is not None
+        return Msg(
             client, subject=message.subject, data=message.data or b"", headers=message.headers
         )
     except nats.js.errors.NotFoundError:

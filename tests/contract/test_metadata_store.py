@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,7 +250,7 @@ async def test_delete_task(metadata_store: MetadataStore) -> None:
 
 
 async def test_pending_tasks_come_by_priority_then_age(metadata_store: MetadataStore) -> None:
-    pending = dict(status=TaskStatus.pending, kind=TaskKind.scheduled)
+    pending: dict[str, Any] = dict(status=TaskStatus.pending, kind=TaskKind.scheduled)
     tasks = [
         make_task("low-old", minute=0, priority=Priority.low, **pending),
         make_task("normal-new", minute=5, priority=Priority.normal, **pending),
@@ -399,6 +400,7 @@ async def test_sqlite_schema_migrates_forward(
     await store.close()
 
     later_step = ("ALTER TABLE voices ADD COLUMN accent TEXT",)
+    steps = len(sqlite_store.MIGRATIONS) + 1
     monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, later_step))
     upgraded = SqliteMetadataStore(path)
     await upgraded.start()
@@ -408,7 +410,7 @@ async def test_sqlite_schema_migrates_forward(
         await upgraded.close()
 
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == steps
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = {row[1] for row in conn.execute("PRAGMA table_info(voices)")}
     assert "accent" in columns

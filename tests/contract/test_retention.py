@@ -7,6 +7,7 @@ MongoDB/S3, and the sweep over them deletes exactly what the two rules say.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from core.domain import FINAL_STATUSES, Task, TaskStatus, output_key
 from core.ports import BlobStore, MetadataStore
@@ -16,7 +17,7 @@ from tests.contract.conftest import EPOCH, make_task
 HOUR = timedelta(hours=1)
 
 
-def ended(status: TaskStatus, hours: int, **fields: object) -> Task:
+def ended(status: TaskStatus, hours: int, **fields: Any) -> Task:
     at = EPOCH + hours * HOUR
     return make_task(status=status, minute=hours * 60, completed_at=at, **fields)
 

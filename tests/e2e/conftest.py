@@ -178,16 +178,18 @@ def client(server: ApiServer) -> Iterator[httpx.Client]:
 
 def create_voice(
     http: httpx.Client,
-    clip: Path,
+    clip: Path | bytes,
     voice_type: str = "cross_lingual",
     prefix: str = "voice",
     **fields: str,
 ) -> str:
+    """A new voice of `clip` (a WAV file or its bytes) under a fresh id; returns the id."""
     voice_id = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    name, audio = ("clip.wav", clip) if isinstance(clip, bytes) else (clip.name, clip.read_bytes())
     response = http.post(
         "/api/v3/voices/",
         data={"voice_id": voice_id, "name": f"Test {voice_id}", "voice_type": voice_type, **fields},
-        files={"audio_file": (clip.name, clip.read_bytes(), "audio/wav")},
+        files={"audio_file": (name, audio, "audio/wav")},
     )
     assert response.status_code == 201, response.text
     return voice_id

@@ -8,13 +8,15 @@ import json
 import math
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from tests.e2e.conftest import ApiServer, ServerFactory
 from tests.e2e.watch import ServerWatch
@@ -148,9 +150,9 @@ def _read_head(sock: socket.socket) -> str:
 # --- WebSocket --------------------------------------------------------------------
 
 
-def ws_connect(server: ApiServer, query: str = "", **options: object) -> ClientConnection:
+def ws_connect(server: ApiServer, query: str = "", **options: Any) -> ClientConnection:
     url = server.url.replace("http://", "ws://") + WS_PATH + query
-    return connect(url, origin=ORIGIN, open_timeout=10, **options)  # type: ignore[arg-type]
+    return connect(url, origin=Origin(ORIGIN), open_timeout=10, **options)
 
 
 def expect_session(ws: ClientConnection) -> None:
@@ -260,10 +262,12 @@ def test_concurrency_limit_answers_429_while_a_request_is_in_flight(
     watch.assert_healthy(max_rss_mb=400, max_health_s=1.0)
 
 
-def _wait_for(call: object, status: int, timeout: float = 10.0) -> httpx.Response:
+def _wait_for(
+    call: Callable[[], httpx.Response], status: int, timeout: float = 10.0
+) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while True:
-        reply = call()  # type: ignore[operator]
+        reply = call()
         if reply.status_code == status or time.monotonic() > deadline:
             assert reply.status_code == status, reply.text
             return reply

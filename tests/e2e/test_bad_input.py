@@ -84,10 +84,10 @@ def test_malformed_json(client: httpx.Client) -> None:
     ],
 )
 def test_create_voice_rejects(
-    client: httpx.Client, fields: dict, audio: object, status: int
+    client: httpx.Client, fields: dict, audio: bytes | str | None, status: int
 ) -> None:
     payload = {"silence": wav_bytes(3, silent=True), "short": wav_bytes(0.5), "long": wav_bytes(60)}
-    data = audio if isinstance(audio, bytes) else payload.get(audio, EN.read_bytes())  # type: ignore[arg-type]
+    data = audio if isinstance(audio, bytes) else payload.get(audio or "", EN.read_bytes())
     response = client.post(
         "/api/v3/voices/",
         data=new_voice(**fields) if "voice_id" not in fields else {**new_voice(), **fields},

@@ -15,10 +15,8 @@ import io
 import json
 import logging
 import socket
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,37 +28,24 @@ import soundfile as sf
 import uvicorn
 from websockets.asyncio.client import connect
 
-import core.engines.cosyvoice as cosyvoice_module
 from core.errors import EngineNotReady
 from core.settings import Settings
 from router.app import create_app
-from tests.e2e.conftest import ApiServer, ServerFactory
-from tests.e2e.test_streaming import sse_events
+from tests.cosyvoice_standin import STANDIN, fill_model_dir
+from tests.e2e.conftest import ApiServer, ServerFactory, create_voice
+from tests.sse import sse_events
 
 TEXT = "Hello there. This is a streaming test of the voice, read aloud in three sentences."
 STREAM = "/api/v3/streaming/cross-lingual"
 SSE = "/api/v3/streaming/cross-lingual/sse"
 SCHEDULED_STATUSES = {"pending", "scheduled", "processing", "completed", "failed", "cancelled"}
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "cosyvoice"
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 
 def new_voice(http: httpx.Client, clip: bytes, prefix: str = "contract") -> str:
-    voice_id = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    response = http.post(
-        "/api/v3/voices/",
-        data={
-            "voice_id": voice_id,
-            "name": voice_id,
-            "voice_type": "cross_lingual",
-            "language": "en",
-        },
-        files={"audio_file": ("clip.wav", clip, "audio/wav")},
-    )
-    assert response.status_code == 201, response.text
-    return voice_id
+    return create_voice(http, clip, prefix=prefix, language="en")
 
 
 def decode_flac_stream(data: bytes) -> tuple[np.ndarray, int]:
@@ -73,7 +58,7 @@ def decode_flac_stream(data: bytes) -> tuple[np.ndarray, int]:
     assert data[:4] == b"fLaC", data[:16]
     with sf.SoundFile(io.BytesIO(data)) as flac:
         assert flac.format == "FLAC" and flac.channels == 1
-        flac.seekable = lambda: False  # type: ignore[method-assign]
+        flac.seekable = lambda: False
         blocks = []
         while len(block := flac.read(65536, dtype="float32")):
             blocks.append(block)
@@ -224,9 +209,9 @@ def test_flac_over_sse_is_a_small_flac_file_per_event(http: httpx.Client, voice:
         assert rate == 22050 and sf.info(io.BytesIO(audio)).format == "FLAC"
         decoded.append(samples)
     assert len(decoded) >= 2
-    audio = np.concatenate(decoded)
-    assert_same_length(len(audio) / 22050, rendered_duration(http, voice))
-    assert_not_silent(audio)
+    joined = np.concatenate(decoded)
+    assert_same_length(len(joined) / 22050, rendered_duration(http, voice))
+    assert_not_silent(joined)
 
 
 async def test_flac_over_the_websocket_is_a_small_flac_file_per_chunk(
@@ -255,29 +240,18 @@ async def test_flac_over_the_websocket_is_a_small_flac_file_per_chunk(
 # --- 4. one model missing under ENGINE=cosyvoice ------------------------------------------------
 
 
-def fill_model_dir(folder: Path, family: str) -> Path:
-    """The files a CosyVoice model directory must hold (the stand-in reads none of them)."""
-    folder.mkdir(parents=True)
-    (folder / f"{family}.yaml").write_text("sample_rate: 24000\n")
-    tokenizer = "speech_tokenizer_v3.onnx" if family == "cosyvoice3" else "speech_tokenizer_v2.onnx"
-    for name in ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", tokenizer):
-        (folder / name).write_bytes(b"")
-    (folder / "CosyVoice-BlankEN").mkdir()
-    return folder
-
-
 class InProcessServer:
     """create_app over the real runtime, served by uvicorn on a real socket."""
 
     def __init__(self, settings: Settings) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        self._server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+        # Bound on port 0 here and handed to uvicorn: the port is known before the server
+        # starts, and no other process can take it in between.
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
     def url(self) -> str:
@@ -286,25 +260,19 @@ class InProcessServer:
     def __enter__(self) -> InProcessServer:
         self._thread.start()
         deadline = time.monotonic() + 60
-        while not self._server.started:
-            assert self._thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.05)
+        try:
+            while not self._server.started:
+                assert self._thread.is_alive() and time.monotonic() < deadline, "did not start"
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(30)
-
-
-@pytest.fixture
-def cosyvoice_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The upstream stand-in, with torch counted as installed; imports undone after."""
-    monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: True)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield
-    for name in list(sys.modules):
-        if name.split(".")[0] in {"cosyvoice", "matcha"}:
-            del sys.modules[name]
+        self._socket.close()
 
 
 def cosyvoice_settings(tmp_path: Path, **values: Any) -> Settings:

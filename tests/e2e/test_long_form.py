@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 
 import httpx
 import pytest
 import soundfile as sf
 
-from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory
+from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
 from tests.e2e.watch import ServerWatch
 
 pytestmark = pytest.mark.skipif(
@@ -38,15 +37,8 @@ def long_server(server_factory: ServerFactory) -> ApiServer:
 
 @pytest.fixture(scope="module")
 def long_voice(long_server: ApiServer, english_clip: bytes) -> str:
-    voice_id = f"long_{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=long_server.url, timeout=60) as http:
-        reply = http.post(
-            "/api/v3/voices/",
-            data={"voice_id": voice_id, "name": "Long", "voice_type": "cross_lingual"},
-            files={"audio_file": ("en.wav", english_clip, "audio/wav")},
-        )
-    assert reply.status_code == 201, reply.text
-    return voice_id
+        return create_voice(http, english_clip, prefix="long")
 
 
 @pytest.mark.timeout(900)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import uuid
 
 import httpx
 import pytest
 import soundfile as sf
 
-from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory
+from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
 from tests.e2e.watch import ServerWatch
 
 pytestmark = pytest.mark.skipif(
@@ -32,15 +31,8 @@ def busy_server(server_factory: ServerFactory) -> ApiServer:
 
 @pytest.fixture(scope="module")
 def busy_voice(busy_server: ApiServer, english_clip: bytes) -> str:
-    voice_id = f"busy_{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=busy_server.url, timeout=60) as http:
-        reply = http.post(
-            "/api/v3/voices/",
-            data={"voice_id": voice_id, "name": "Busy", "voice_type": "cross_lingual"},
-            files={"audio_file": ("en.wav", english_clip, "audio/wav")},
-        )
-    assert reply.status_code == 201, reply.text
-    return voice_id
+        return create_voice(http, english_clip, prefix="busy")
 
 
 async def _burst(url: str, voice_id: str) -> list[httpx.Response]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,3 +68,43 @@ def test_curl_example(server: ApiServer, tmp_path: Path) -> None:
     download = download.replace("/api/v3/audio/v3_cache_1a2b3c4d.wav", audio_url)
     subprocess.run(["bash", "-c", download], cwd=folder, check=True, timeout=60)
     assert_speech((folder / audio_url.rsplit("/", 1)[1]).read_bytes(), fmt="wav")
+
+
+def readme_section_block(heading: str, language: str) -> str:
+    """The first `language` block under a README heading."""
+    section = (REPO_ROOT / "README.md").read_text().split(f"\n{heading}\n", 1)[1]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)[0]
+
+
+def test_command_line_example(server: ApiServer, tmp_path: Path) -> None:
+    folder = in_folder_with_sample(tmp_path, "cli")
+    (folder / "chapter.txt").write_text("A short chapter. It has two sentences.\n")
+    voice = f"readme_cli_{tmp_path.name[-6:]}"
+    script = (
+        readme_section_block("## Command-line client", "bash")
+        .replace("http://localhost:8012", server.url)
+        .replace("my_voice", voice)
+        # no audio device here: the player's end of the pipe keeps the bytes instead
+        .replace("ffplay -nodisp -autoexit -", "cat > piped.wav")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSYVOICE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert voice in done.stdout  # the voices table
+    assert "status_counts.completed" in done.stdout  # the queue stats
+    for name, fmt in (
+        ("hello.mp3", "mp3"),
+        ("piped.wav", "wav"),
+        ("chapter.mp3", "mp3"),
+        ("scheduled.wav", "wav"),
+    ):
+        assert_speech((folder / name).read_bytes(), fmt=fmt)
+    assert f"deleted voice {voice}" in done.stderr

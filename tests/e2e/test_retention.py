@@ -8,13 +8,12 @@ not finished is never swept, and neither is a task's audio by the synchronous-ou
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ApiServer, ServerFactory
+from tests.e2e.conftest import ApiServer, ServerFactory, create_voice
 from tests.e2e.test_tasks import wait_for
 
 OUTPUT_TTL = 3.0
@@ -39,14 +38,7 @@ def http(retention_server: ApiServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def voice(http: httpx.Client, english_clip: bytes) -> str:
-    voice_id = f"kept_{uuid.uuid4().hex[:8]}"
-    response = http.post(
-        "/api/v3/voices/",
-        data={"voice_id": voice_id, "name": voice_id, "voice_type": "cross_lingual"},
-        files={"audio_file": ("clip.wav", english_clip, "audio/wav")},
-    )
-    assert response.status_code == 201, response.text
-    return voice_id
+    return create_voice(http, english_clip, prefix="kept")
 
 
 def wait_status(http: httpx.Client, path: str, status: int, timeout: float) -> float:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -16,6 +14,7 @@ import soundfile as sf
 from tests.audio_checks import assert_speech, hear
 from tests.conftest import TESTDATA
 from tests.e2e.conftest import ApiServer, ServerFactory, create_voice
+from tests.sse import sse_events
 
 TEXT = "Hello there. This is a streaming test of the voice, read aloud in three sentences."
 # Long enough (minutes of audio at speed 0.5) that a client who stops reading holds
@@ -47,24 +46,6 @@ def read_chunked(
         assert response.status_code == 200, response.read()
         pieces = [piece for piece in response.iter_raw() if piece]
     return response, pieces
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[dict[str, object]]:
-    """Events of a text/event-stream, decoded as they arrive (WHATWG framing)."""
-    fields: dict[str, str] = {}
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield {**fields, "data": json.loads("\n".join(data))}
-            fields, data = {}, []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                data.append(value)
-            else:
-                fields[name] = value
 
 
 def read_sse(client: httpx.Client, params: dict[str, str], path: str = SSE) -> list[dict]:
@@ -241,8 +222,8 @@ def test_sse_events_carry_self_contained_wav_chunks(
         piece = hear(audio)  # each chunk is a WAV file of its own
         assert piece.format == "wav" and piece.sample_rate == rate and piece.channels == 1
         samples.append(piece.samples)
-    audio = np.concatenate(samples)
-    assert np.sqrt(np.mean(audio**2)) > 0.005
+    joined = np.concatenate(samples)
+    assert np.sqrt(np.mean(joined**2)) > 0.005
     complete = events[-1]["data"]
     assert complete["total_chunks"] == len(chunks)
     assert complete["total_bytes"] == total

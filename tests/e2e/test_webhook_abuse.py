@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from core.services.webhooks import verify
-from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory
+from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
 from tests.e2e.test_tasks import wait_for
 from tests.e2e.watch import ServerWatch
 
@@ -137,14 +136,7 @@ def http(abuse_server: ApiServer) -> Iterator[httpx.Client]:
 
 
 def make_voice(http: httpx.Client, clip: bytes) -> str:
-    voice_id = f"abuse_{uuid.uuid4().hex[:8]}"
-    response = http.post(
-        "/api/v3/voices/",
-        data={"voice_id": voice_id, "name": voice_id, "voice_type": "cross_lingual"},
-        files={"audio_file": ("clip.wav", clip, "audio/wav")},
-    )
-    assert response.status_code == 201, response.text
-    return voice_id
+    return create_voice(http, clip, prefix="abuse")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ import httpx
 
 
 class Watched(Protocol):
-    url: str
+    @property
+    def url(self) -> str: ...
 
     @property
     def pid(self) -> int: ...

@@ -83,7 +83,7 @@ def auth_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthMongoSe
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with S3Server(tmp_path_factory.mktemp("s3")) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 def test_wrong_database_credentials_degrade_health_and_answer_503(

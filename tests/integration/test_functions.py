@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,120 +20,21 @@ import pytest
 from core.services.webhooks import verify
 from tests.audio_checks import assert_speech
 from tests.conftest import TESTDATA
-from tests.e2e.conftest import BIN, ApiServer, create_voice, embedded_env, wait_http
-from tests.servers import NatsServer, free_port
+from tests.e2e.conftest import ApiServer, create_voice
+from tests.function_topology import Receiver, render_and_webhook_functions, wait_for_status
 
 SECRET = "functions-test-secret"
 
 
-class Receiver(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
-        self.received: list[tuple[dict[str, str], bytes]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _ReceiverHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.server.received.append((dict(self.headers), body))  # type: ignore[attr-defined]
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class Process:
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, name: str) -> None:
-        self.log = cwd / f"{name}.log"
-        self.proc = subprocess.Popen(
-            args,
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, Receiver]]:
-    root = tmp_path_factory.mktemp("functions")
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    processes: list[Process] = []
-    with NatsServer(root / "nats") as nats:
-        env = {
-            **embedded_env(root),
-            "EVENT_BUS_URL": nats.url,
-            "WORKER_CONCURRENCY": "0",
-            "WEBHOOK_ALLOW_PRIVATE": "true",
-            "WEBHOOK_SECRET": SECRET,
-            "WEBHOOK_BACKOFF_SECONDS": "0.2",
-        }
-        api = ApiServer(root, env).start()
-        try:
-            ports = {"render": free_port(), "webhook": free_port()}
-            for name, port in ports.items():
-                processes.append(
-                    Process(
-                        [
-                            str(BIN / "cosyvoice-api"),
-                            "function",
-                            name,
-                            "--listen",
-                            f"127.0.0.1:{port}",
-                        ],
-                        env,
-                        root,
-                        f"function-{name}",
-                    )
-                )
-            for port in ports.values():
-                wait_http(f"http://127.0.0.1:{port}/health/readiness", 60)
-            sources = {
-                "render": "cosyvoice.render.requested.*,cosyvoice.render.submit",
-                "webhook": "cosyvoice.task.>",
-            }
-            for name, subjects in sources.items():
-                processes.append(
-                    Process(
-                        [str(BIN / "cosyvoice-api"), "jetstream-source"],
-                        {
-                            **env,
-                            "K_SINK": f"http://127.0.0.1:{ports[name]}",
-                            "JETSTREAM_SUBJECTS": subjects,
-                        },
-                        root,
-                        f"source-{name}",
-                    )
-                )
-            yield api, receiver
-        finally:
-            for process in processes:
-                process.stop()
-            api.stop()
-            receiver.shutdown()
-
-
-def wait_for_status(http: httpx.Client, task_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = http.get(f"/api/v3/schedule/status/{task_id}").json()
-        if status.get("status") in ("completed", "failed", "cancelled"):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} did not finish: {status}")
+    receiver = Receiver().start()
+    try:
+        root = tmp_path_factory.mktemp("functions")
+        with render_and_webhook_functions(root, webhook_secret=SECRET) as functions:
+            yield functions.api, receiver
+    finally:
+        receiver.stop()
 
 
 def test_task_rendered_by_the_function_with_signed_webhook(

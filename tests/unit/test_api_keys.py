@@ -261,7 +261,10 @@ def test_log_lines_lose_query_keys_and_authorization_values() -> None:
 async def first_websocket_answer(app: Any, path: str, query: bytes = b"") -> dict[str, Any]:
     """Drive one WebSocket handshake through the ASGI app; the first message it sends."""
     sent: list[dict[str, Any]] = []
-    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    incoming: list[dict[str, Any]] = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
 
     async def receive() -> dict[str, Any]:
         return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}

@@ -2,11 +2,13 @@
 
 The stand-in records every upstream call, so these tests check what the adapter sends:
 prompt strings per mode and family, files for `prompt_wav`, cached speaker ids, sentence
-splitting, the stream hop, and what comes back (24 kHz float chunks).
+splitting, streaming or not, the chunks of every stream, and what comes back (24 kHz
+float chunks). tests/upstream/ runs the same adapter against the real upstream code.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
@@ -18,24 +20,27 @@ import numpy as np
 import pytest
 
 import core.engines.cosyvoice as cosyvoice_module
+import core.engines.cosyvoice_loop as loop_module
 from core.audio.decode import decode_clip, sha256_hex
 from core.audio.dsp import is_silent
 from core.domain import SynthesisMode
 from core.engines.base import EngineRequest
 from core.engines.cosyvoice import (
-    END_OF_PROMPT,
     SYSTEM_PROMPT,
     CosyVoiceEngine,
+    Family,
     cosyvoice_available,
 )
 from core.engines.features import FeatureCache
 from core.engines.instructions import to_cosyvoice_instruction
 from core.engines.runner import EngineRunner
+from core.engines.text import END_OF_PROMPT
 from core.errors import EngineNotReady, InvalidInput, NotFound, SynthesisFailed
 from core.ports import BlobInfo, Clip, SynthesisRequest, VoicePrompt
 from tests.conftest import MANDARIN_TRANSCRIPT, skip_missing_data
 
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "cosyvoice"
+SAMPLES_PER_TOKEN = 960  # 25 speech tokens a second at 24 kHz
 V3_PREFIX = f"{SYSTEM_PROMPT}{END_OF_PROMPT}"
 V3_FILES = ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v3.onnx")
 V2_FILES = ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx")
@@ -54,11 +59,20 @@ def make_model_dir(root: Path, family: str = "cosyvoice3") -> Path:
     return folder
 
 
+def check_as_pinned(inner: Any) -> None:
+    """The version check, with the stand-in's code as the pinned one."""
+    model_class = type(inner)
+    assert Path(inspect.getsourcefile(model_class) or "").is_relative_to(STANDIN)
+    pins = {model_class.__name__: loop_module.upstream_fingerprint(model_class)}
+    loop_module.check_pinned_upstream(inner, pins)
+
+
 @pytest.fixture
 def upstream_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Torch counts as installed; sys.path and the imported stand-in are undone after."""
     monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: True)
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(cosyvoice_module, "check_pinned_upstream", check_as_pinned)
     yield
     for name in list(sys.modules):
         if name.split(".")[0] in {"cosyvoice", "matcha"}:
@@ -67,13 +81,13 @@ def upstream_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def load(upstream_sandbox: None, tmp_path: Path) -> Any:
-    def loader(family: str = "cosyvoice3", **options: Any) -> tuple[CosyVoiceEngine, Any]:
+    def loader(family: Family = "cosyvoice3", **options: Any) -> tuple[CosyVoiceEngine, Any]:
         model_dir = options.pop("model_dir", None) or make_model_dir(tmp_path, family)
         engine = CosyVoiceEngine(
             model_dir,
             cosyvoice_home=STANDIN,
             family=family,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
         engine.load()
         return engine, sys.modules["cosyvoice.cli.cosyvoice"].INSTANCES[-1]
@@ -305,16 +319,63 @@ def test_long_text_is_split_into_sentences_before_upstream(load: Any, clip: Clip
     assert spoken.split() == LONG_TEXT.split()
 
 
-def test_every_call_starts_streaming_with_a_short_hop(load: Any, clip: Clip) -> None:
+def first_hop_samples(features: Any) -> int:
+    """Upstream's first stream chunk: 25 tokens, padded so prompt plus hop fill chunks."""
+    prompt_tokens = int(features["flow_prompt_speech_token"].shape[1])
+    pad = -prompt_tokens % 25
+    return (25 + pad) * SAMPLES_PER_TOKEN
+
+
+def stream_chunks(engine: CosyVoiceEngine, request: EngineRequest) -> list[int]:
+    return [chunk.size for chunk in engine.synthesize(request)]
+
+
+def test_streams_keep_their_own_hop_whatever_the_shared_one_says(load: Any, clip: Clip) -> None:
     engine, model = load()
     features = engine.extract_features(clip, None)
-    speak(engine, engine_request(clip, features, text=LONG_TEXT))
-    speak(engine, engine_request(clip, features, text=LONG_TEXT))
-    assert model.model.token_hop_len == 100  # upstream grew the shared hop...
-    tts_calls = model.model.calls
-    assert len(tts_calls) >= 4
-    assert all(c["hop_at_start"] == 25 and c["stream"] for c in tts_calls)  # ...we reset it
-    assert all(c["chunks"] > 1 for c in tts_calls)
+    model.model.token_hop_len = 100  # what upstream leaves behind after one stream
+    first = stream_chunks(engine, engine_request(clip, features, text=LONG_TEXT))
+    second = stream_chunks(engine, engine_request(clip, features, text=LONG_TEXT))
+    assert first[0] == second[0] == first_hop_samples(features)
+    runs = model.model.calls
+    assert len(runs) >= 4 and all(run["stream"] for run in runs)
+    assert all(len(run["chunks"]) > 2 for run in runs)
+    # hops double per stream: 25 (+pad), 50, 100, 100...
+    assert runs[0]["chunks"][1] == 50 * SAMPLES_PER_TOKEN
+    assert model.model.token_hop_len == 100  # the shared value is never read or written
+
+
+def test_concurrent_streams_all_start_with_the_first_hop(load: Any, clip: Clip) -> None:
+    engine, model = load()
+    model.model.token_delay = 0.0005  # streams overlap for real
+    features = engine.extract_features(clip, None)
+    results: dict[int, list[int]] = {}
+
+    def one(number: int) -> None:
+        results[number] = stream_chunks(engine, engine_request(clip, features, text=LONG_TEXT))
+
+    workers = [threading.Thread(target=one, args=(n,)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    expected = first_hop_samples(features)
+    assert len(results) == 4
+    assert {sizes[0] for sizes in results.values()} == {expected}
+    assert len({sum(sizes) for sizes in results.values()}) == 1
+    assert model.model.tts_speech_token_dict == {} and model.model.hift_cache_dict == {}
+
+
+def test_a_caller_that_does_not_stream_gets_one_pass_per_sentence(load: Any, clip: Clip) -> None:
+    engine, model = load()
+    features = engine.extract_features(clip, None)
+    streamed = speak(engine, engine_request(clip, features, text=LONG_TEXT))
+    count = len(model.model.calls)
+    chunks = list(engine.synthesize(engine_request(clip, features, text=LONG_TEXT, stream=False)))
+    runs = model.model.calls[count:]
+    assert len(chunks) == len(runs) >= 2  # one chunk per sentence
+    assert all(run["stream"] is False and len(run["chunks"]) == 1 for run in runs)
+    assert sum(len(c) for c in chunks) == len(streamed)
 
 
 def test_speed_is_applied_by_running_without_upstream_streaming(load: Any, clip: Clip) -> None:
@@ -325,6 +386,19 @@ def test_speed_is_applied_by_running_without_upstream_streaming(load: Any, clip:
     last = model.model.calls[-1]
     assert (last["stream"], last["speed"]) == (False, 1.5)
     assert len(fast) == pytest.approx(len(normal) / 1.5, rel=0.02)
+
+
+def test_an_upstream_version_other_than_the_pinned_one_is_refused(
+    upstream_sandbox: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        cosyvoice_module,
+        "check_pinned_upstream",
+        lambda inner: loop_module.check_pinned_upstream(inner, {"CosyVoice2Model": "0" * 64}),
+    )
+    engine = CosyVoiceEngine(make_model_dir(tmp_path), cosyvoice_home=STANDIN, family="cosyvoice3")
+    with pytest.raises(EngineNotReady, match=r"not the supported version.*ace7c47f"):
+        engine.load()
 
 
 def test_low_rate_and_long_clips_are_written_as_upstream_accepts(load: Any) -> None:
@@ -338,19 +412,28 @@ def test_low_rate_and_long_clips_are_written_as_upstream_accepts(load: Any) -> N
 
 def test_closing_early_stops_upstream_and_cleans_up(load: Any, clip: Clip) -> None:
     engine, model = load()
+    model.model.token_delay = 0.002
     features = engine.extract_features(clip, None)
     chunks = engine.synthesize(engine_request(clip, features, text=LONG_TEXT))
     next(chunks)
     chunks.close()
-    assert model.model.calls[-1]["closed_early"] is True
+    run = model.model.calls[-1]
+    made = run["tokens_made"]
+    threading.Event().wait(0.1)
+    assert run["tokens_made"] == made < run["tokens_planned"]  # the LLM thread stopped
     assert model.frontend.spk2info == {}
-    assert model.model.llm_end_dict == {}  # the abandoned session was swept
+    assert model.model.llm_end_dict == {}
     assert model.model.tts_speech_token_dict == {}
+    assert model.model.hift_cache_dict == {}
 
 
-@pytest.mark.parametrize("speed", [1.0, 1.5], ids=["streaming", "whole"])
+@pytest.mark.parametrize(
+    ("speed", "stream"),
+    [(1.0, True), (1.5, True), (1.0, False)],
+    ids=["streaming", "speed", "whole"],
+)
 def test_an_error_in_the_llm_thread_fails_the_call_at_once(
-    load: Any, clip: Clip, speed: float
+    load: Any, clip: Clip, speed: float, stream: bool
 ) -> None:
     engine, model = load()
     model.model.llm_failure = RuntimeError("CUDA out of memory")
@@ -359,7 +442,7 @@ def test_an_error_in_the_llm_thread_fails_the_call_at_once(
 
     def attempt() -> None:
         try:
-            speak(engine, engine_request(clip, features, speed=speed))
+            speak(engine, engine_request(clip, features, speed=speed, stream=stream))
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -466,6 +549,31 @@ async def test_through_the_runner_a_voice_is_extracted_once_per_model(
     assert len(calls(model, "add_zero_shot_spk")) == 1
     await first.close()
     await restarted.close()
+
+
+async def test_the_runner_passes_on_whether_the_caller_streams(
+    load: Any, mandarin_clip: bytes
+) -> None:
+    engine, model = load()
+    runner = EngineRunner(
+        engine,
+        concurrency=None,  # SYNTHESIS_CONCURRENCY unset: chosen for the device
+        timeout=30,
+        feature_cache=FeatureCache(engine, engine.info.model, MemoryBlobs(), capacity=4),
+    )
+    assert runner.concurrency == len(os.sched_getaffinity(0))  # no GPU here: one per core
+    await runner.start()
+    prompt = VoicePrompt(sha256=sha256_hex(mandarin_clip), clip=decode_clip(mandarin_clip))
+
+    async def load_clip() -> Clip:
+        return decode_clip(mandarin_clip)
+
+    for stream in (True, False):
+        request = SynthesisRequest(text="Good morning to you.", voice=prompt, stream=stream)
+        chunks = [chunk async for chunk in runner.synthesize(request, load_clip)]
+        assert chunks and model.model.calls[-1]["stream"] is stream
+        assert {chunk.sample_rate for chunk in chunks} == {24000}
+    await runner.close()
 
 
 # --- the real model --------------------------------------------------------------------

@@ -5,34 +5,18 @@ from __future__ import annotations
 import importlib.machinery
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import core.engines.cosyvoice as cosyvoice_module
 from core.domain import EngineSlot
 from core.engines.cosyvoice import CosyVoiceEngine
 from core.engines.espeak import EspeakEngine
 from core.engines.registry import build_engine
 from core.errors import EngineNotReady
 from core.settings import Settings
-
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "cosyvoice"
-FILES = {
-    "cosyvoice3": ("speech_tokenizer_v3.onnx",),
-    "cosyvoice2": ("speech_tokenizer_v2.onnx",),
-}
-
-
-def fill_model_dir(folder: Path, family: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{family}.yaml").write_text("sample_rate: 24000\n")
-    for name in ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", *FILES[family]):
-        (folder / name).write_bytes(b"")
-    (folder / "CosyVoice-BlankEN").mkdir(exist_ok=True)
-    return folder
+from tests.cosyvoice_standin import STANDIN, fill_model_dir
 
 
 def settings(tmp_path: Path, **values: Any) -> Settings:
@@ -45,17 +29,6 @@ def settings(tmp_path: Path, **values: Any) -> Settings:
     }
     defaults.update(values)
     return Settings(**defaults)
-
-
-@pytest.fixture
-def upstream_code(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The stand-in checkout with torch counted as installed; imports undone after."""
-    monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: True)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield
-    for name in list(sys.modules):
-        if name.split(".")[0] in {"cosyvoice", "matcha"}:
-            del sys.modules[name]
 
 
 def test_espeak_is_served_when_asked_for(tmp_path: Path) -> None:
@@ -78,12 +51,16 @@ def test_forcing_cosyvoice_without_its_code_is_an_error_with_the_reason(tmp_path
         build_engine(settings(tmp_path, engine="cosyvoice", cosyvoice_home=tmp_path), EngineSlot.v3)
 
 
-def test_forcing_cosyvoice_without_weights_is_an_error(tmp_path: Path, upstream_code: None) -> None:
+def test_forcing_cosyvoice_without_weights_is_an_error(
+    tmp_path: Path, cosyvoice_standin: None
+) -> None:
     with pytest.raises(EngineNotReady, match="no model directory"):
         build_engine(settings(tmp_path, engine="cosyvoice", cosyvoice_home=STANDIN), EngineSlot.v3)
 
 
-def test_auto_with_code_and_weights_serves_cosyvoice(tmp_path: Path, upstream_code: None) -> None:
+def test_auto_with_code_and_weights_serves_cosyvoice(
+    tmp_path: Path, cosyvoice_standin: None
+) -> None:
     fill_model_dir(tmp_path / "Fun-CosyVoice3-0.5B", "cosyvoice3")
     fill_model_dir(tmp_path / "CosyVoice2-0.5B", "cosyvoice2")
     config = settings(tmp_path, cosyvoice_home=STANDIN)
@@ -100,7 +77,7 @@ def test_auto_with_code_and_weights_serves_cosyvoice(tmp_path: Path, upstream_co
 
 
 def test_missing_weights_are_never_downloaded_unless_allowed(
-    tmp_path: Path, upstream_code: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cosyvoice_standin: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub = fake_hub(monkeypatch)
     engine, warning = build_engine(settings(tmp_path, cosyvoice_home=STANDIN), EngineSlot.v3)
@@ -110,7 +87,7 @@ def test_missing_weights_are_never_downloaded_unless_allowed(
 
 
 def test_missing_weights_are_downloaded_when_the_engine_loads(
-    tmp_path: Path, upstream_code: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cosyvoice_standin: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub = fake_hub(monkeypatch)
     config = settings(tmp_path, cosyvoice_home=STANDIN, auto_download_models=True)
@@ -125,7 +102,7 @@ def test_missing_weights_are_downloaded_when_the_engine_loads(
 
 
 def test_without_huggingface_hub_auto_falls_back_and_says_so(
-    tmp_path: Path, upstream_code: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cosyvoice_standin: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
     config = settings(tmp_path, cosyvoice_home=STANDIN, auto_download_models=True)

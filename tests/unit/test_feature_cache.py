@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -13,48 +12,11 @@ import pytest
 
 from core.domain import features_key
 from core.engines.features import FeatureCache
-from core.errors import BackendUnavailable, NotFound
-from core.ports import BlobInfo, Clip, VoicePrompt
+from core.ports import Clip, VoicePrompt
+from tests.unit.memory_blobs import MemoryBlobs
 
 SHA = "b" * 64
 CLIP = Clip(samples=np.linspace(-0.5, 0.5, 8000, dtype=np.float32), sample_rate=16000)
-
-
-class MemoryBlobs:
-    """A dict behind the BlobStore methods the cache uses."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.gets = 0
-        self.fail_puts = False
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None: ...
-
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        if self.fail_puts:
-            raise BackendUnavailable("object store down")
-        self.objects[key] = data
-
-    async def get(self, key: str) -> bytes:
-        self.gets += 1
-        if key not in self.objects:
-            raise NotFound(key)
-        return self.objects[key]
-
-    async def stat(self, key: str) -> BlobInfo:
-        return BlobInfo(size=len(self.objects[key]), content_type="application/octet-stream")
-
-    async def read_range(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
-        yield self.objects[key][start : None if end is None else end + 1]
-
-    async def delete(self, key: str) -> None:
-        self.objects.pop(key, None)
 
 
 class CountingEngine:

@@ -24,7 +24,7 @@ def speechlike(seconds: float) -> np.ndarray:
 def decode_open_length(data: bytes) -> tuple[np.ndarray, int]:
     """libsndfile decodes every frame but cannot seek to an unknown end: read as a stream."""
     with sf.SoundFile(io.BytesIO(data)) as flac:
-        flac.seekable = lambda: False  # type: ignore[method-assign]
+        flac.seekable = lambda: False
         blocks = []
         while len(block := flac.read(65536, dtype="float32")):
             blocks.append(block)

@@ -11,52 +11,23 @@ from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
 from core.audio.decode import decode_clip, sha256_hex
 from core.audio.dsp import is_silent
 from core.domain import SynthesisMode
+from core.engines.base import Engine
 from core.engines.espeak import EspeakEngine
 from core.engines.features import FeatureCache
 from core.engines.noop import NoopEngine
 from core.engines.runner import EngineRunner
-from core.errors import EngineNotReady, InvalidInput, NotFound, SynthesisFailed
-from core.ports import AudioChunk, BlobInfo, SynthesisClient, SynthesisRequest, VoicePrompt
+from core.errors import EngineNotReady, InvalidInput, SynthesisFailed
+from core.ports import AudioChunk, SynthesisClient, SynthesisRequest, VoicePrompt
+from tests.unit.memory_blobs import MemoryBlobs
 
 SAMPLE_KEY = "voices/narrator/sample.wav"
 
 
-class MemoryBlobs:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.reads: list[str] = []
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None: ...
-
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects[key] = data
-
-    async def get(self, key: str) -> bytes:
-        self.reads.append(key)
-        if key not in self.objects:
-            raise NotFound(key)
-        return self.objects[key]
-
-    async def stat(self, key: str) -> BlobInfo:
-        return BlobInfo(size=len(self.objects[key]), content_type="audio/wav")
-
-    async def read_range(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
-        yield self.objects[key]
-
-    async def delete(self, key: str) -> None:
-        self.objects.pop(key, None)
-
-
-def make_client(blobs: MemoryBlobs, engine: object | None = None) -> InProcessSynthesis:
+def make_client(blobs: MemoryBlobs, engine: Engine | None = None) -> InProcessSynthesis:
     engine = engine or EspeakEngine()
-    cache = FeatureCache(engine, engine.info.model, blobs, capacity=8)  # type: ignore[attr-defined]
-    runner = EngineRunner(engine, concurrency=2, timeout=60, feature_cache=cache)  # type: ignore[arg-type]
+    cache = FeatureCache(engine, engine.info.model, blobs, capacity=8)
+    runner = EngineRunner(engine, concurrency=2, timeout=60, feature_cache=cache)
+    # MemoryBlobs has only the methods the client calls, not the whole BlobStore.
     return InProcessSynthesis(runner, blobs)  # type: ignore[arg-type]
 
 

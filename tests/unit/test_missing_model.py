@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-import core.engines.cosyvoice as cosyvoice_module
 from core.adapters.embedded.inprocess_synthesis import InProcessSynthesis
 from core.adapters.missing_model import MissingModelSynthesis
 from core.domain import EngineSlot, SynthesisMode, TaskKind
@@ -19,17 +16,7 @@ from core.ports import Clip, SynthesisRequest, VoicePrompt
 from core.services.tasks import STATUSES_OF_KIND, counts_of_kind
 from core.settings import Settings
 from core.wiring import build_synthesis_clients
-from tests.unit.test_engine_registry import STANDIN, fill_model_dir
-
-
-@pytest.fixture
-def upstream_code(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: True)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield
-    for name in list(sys.modules):
-        if name.split(".")[0] in {"cosyvoice", "matcha"}:
-            del sys.modules[name]
+from tests.cosyvoice_standin import STANDIN, fill_model_dir
 
 
 def settings(tmp_path: Path, **values: Any) -> Settings:
@@ -46,7 +33,7 @@ def settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 def test_only_the_v3_weights_serve_v3_and_v2_is_missing(
-    tmp_path: Path, upstream_code: None, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, cosyvoice_standin: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     fill_model_dir(tmp_path / "Fun-CosyVoice3-0.5B", "cosyvoice3")
     clients, warnings = build_synthesis_clients(settings(tmp_path), blobs=None)  # type: ignore[arg-type]
@@ -55,12 +42,13 @@ def test_only_the_v3_weights_serve_v3_and_v2_is_missing(
     assert isinstance(missing, MissingModelSynthesis)
     assert missing.info.model == "CosyVoice2-0.5B"
     assert warnings[EngineSlot.v3] is None
-    assert warnings[EngineSlot.v2] is not None and "no model directory" in warnings[EngineSlot.v2]
+    v2_warning = warnings[EngineSlot.v2]
+    assert v2_warning is not None and "no model directory" in v2_warning
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "CosyVoice2-0.5B" in errors[0].getMessage()
 
 
-def test_only_the_v2_weights_serve_v1_and_v2(tmp_path: Path, upstream_code: None) -> None:
+def test_only_the_v2_weights_serve_v1_and_v2(tmp_path: Path, cosyvoice_standin: None) -> None:
     fill_model_dir(tmp_path / "CosyVoice2-0.5B", "cosyvoice2")
     clients, _ = build_synthesis_clients(settings(tmp_path), blobs=None)  # type: ignore[arg-type]
     assert isinstance(clients[EngineSlot.v2], InProcessSynthesis)
@@ -68,7 +56,9 @@ def test_only_the_v2_weights_serve_v1_and_v2(tmp_path: Path, upstream_code: None
     assert clients[EngineSlot.v3].info.model == "Fun-CosyVoice3-0.5B-2512"
 
 
-def test_nothing_to_serve_is_still_a_start_up_error(tmp_path: Path, upstream_code: None) -> None:
+def test_nothing_to_serve_is_still_a_start_up_error(
+    tmp_path: Path, cosyvoice_standin: None
+) -> None:
     with pytest.raises(EngineNotReady, match=r"for v3.*for v2"):
         build_synthesis_clients(settings(tmp_path), blobs=None)  # type: ignore[arg-type]
 

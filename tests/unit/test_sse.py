@@ -8,29 +8,13 @@ import pytest
 from pydantic import BaseModel
 
 from router.sse import SseEncoder
+from tests.sse import sse_frames
 
 
 def parse(stream: bytes) -> list[dict[str, str]]:
-    """A minimal SSE parser following the WHATWG rules (fields, data joining, blank line)."""
-    events: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    data: list[str] = []
+    """The encoder's bytes as an SSE client reads them; `data` is "" in an event without."""
     text = stream.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    for line in text.split("\n"):
-        if line == "":
-            if data or current:
-                events.append({**current, "data": "\n".join(data)})
-            current, data = {}, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        else:
-            current[name] = value
-    return events
+    return [{"data": "", **frame} for frame in sse_frames(text.split("\n"))]
 
 
 class Payload(BaseModel):

@@ -114,6 +114,9 @@ class ScriptedSynthesis:
     renders: int = 0
     progressed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def refuse_missing_model(self, version: ApiVersion) -> None:
+        return None  # every version is served here
+
     async def request_for_voice(self, version: ApiVersion, voice_id: str, text: str, **_: Any):
         if voice_id == "missing":
             raise VoiceNotFound(voice_id)
@@ -122,7 +125,7 @@ class ScriptedSynthesis:
         return text
 
     async def render_to_file(
-        self, version, request, fmt, filename, *, on_progress=None
+        self, version, request, fmt, filename, *, on_progress=None, before_store=None
     ) -> RenderResult:
         self.renders += 1
         for index in range(1, self.segments + 1):
@@ -132,6 +135,8 @@ class ScriptedSynthesis:
             if on_progress is not None:
                 await on_progress(index / self.segments)
             self.progressed.set()
+        if before_store is not None:
+            await before_store(1.0)
         await self.blobs.put(output_key(filename), b"RIFF....", "audio/wav")
         return RenderResult(filename, 1.0, self.step * self.segments, 22050, 8)
 
@@ -148,7 +153,12 @@ class Rig:
     def worker(self, **options: Any) -> RenderWorker:
         settings = {"concurrency": 2, "lease_seconds": 5.0, "max_attempts": 3} | options
         return RenderWorker(
-            self.store, self.bus, self.blobs, self.synthesis, self.tasks, **settings
+            self.store,
+            self.bus,
+            self.blobs,
+            self.synthesis,  # type: ignore[arg-type]  # a stand-in for SynthesisService
+            self.tasks,
+            **settings,
         )
 
 

@@ -19,13 +19,42 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 from pydantic_core import to_jsonable_python
 
+from ...domain import Priority
 from ...errors import InvalidInput
+from ...ports import RenderRequest
+from ...request_id import CLOUDEVENT_ATTRIBUTE, current_request_id
 
 JSON = "application/json"
 DEFAULT_SOURCE = "/cosyvoice"
 
 RENDER_REQUESTED = "ai.cosyvoice.render.requested.v1"
 RENDER_SUBMIT = "ai.cosyvoice.render.submit.v1"
+
+
+def render_event_data(request: RenderRequest) -> dict[str, Any]:
+    """The data of a `render.requested` event; a segment job also names its segment."""
+    data: dict[str, Any] = {"task_id": request.task_id, "priority": request.priority.value}
+    if request.segment is not None:
+        data["segment"] = request.segment
+    return data
+
+
+def render_request_from(data: dict[str, Any]) -> RenderRequest:
+    """The request a `render.requested` event's data describes; InvalidInput when the
+    data is not one."""
+    task_id = data.get("task_id")
+    segment = data.get("segment")
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidInput("a render request needs a task_id")
+    if segment is not None and (
+        not isinstance(segment, int) or isinstance(segment, bool) or segment < 0
+    ):
+        raise InvalidInput("a render request's segment is a non-negative integer")
+    try:
+        priority = Priority(data.get("priority", Priority.normal.value))
+    except ValueError as exc:
+        raise InvalidInput(f"unknown priority {data.get('priority')!r}") from exc
+    return RenderRequest(task_id=task_id, priority=priority, segment=segment)
 
 
 def task_ended_type(status: str) -> str:
@@ -63,6 +92,8 @@ def encode_event(
         "id": event_id or str(uuid.uuid4()),
         "datacontenttype": JSON,
     }
+    if (request_id := current_request_id()) is not None:
+        attributes[CLOUDEVENT_ATTRIBUTE] = request_id  # the request that caused the event
     headers, body = to_binary(CloudEvent(attributes, data), data_marshaller=_json_bytes)
     return OutgoingEvent(
         event_id=attributes["id"],

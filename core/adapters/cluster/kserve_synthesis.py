@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import time
@@ -38,6 +39,7 @@ import httpx
 import soundfile as sf
 from pydantic import ValidationError
 
+from ... import metrics
 from ...errors import (
     AudioRejected,
     BackendUnavailable,
@@ -48,6 +50,9 @@ from ...errors import (
     SynthesisFailed,
 )
 from ...ports import AudioChunk, Clip, EngineInfo, SynthesisRequest, VoicePrompt
+from ...request_id import HEADER as REQUEST_ID_HEADER
+from ...request_id import current_request_id
+from ...schemas.common import describe_validation_error
 from ...schemas.predictor import (
     AUDIO,
     ERROR,
@@ -154,6 +159,16 @@ class KServeSynthesis:
     # --- synthesis ----------------------------------------------------------------------
 
     async def _synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
+        """The audio, counting a predictor that failed us on `/metrics`."""
+        try:
+            async with contextlib.aclosing(self._stream(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except (BackendUnavailable, EngineNotReady):
+            metrics.count_backend_error("predictor")
+            raise
+
+    async def _stream(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         body = await self._body(request)
         response = await self._open(body, background=request.background)
         reader = FrameReader()
@@ -184,8 +199,13 @@ class KServeSynthesis:
                 f"the connection to the {self._model} predictor broke mid-stream ({_reason(exc)})"
             ) from None
         except (FrameProtocolError, ValidationError) as exc:
+            problem = (
+                describe_validation_error(exc.errors())
+                if isinstance(exc, ValidationError)
+                else str(exc)
+            )
             raise BackendUnavailable(
-                f"the {self._model} predictor at {self._base} sent an unreadable stream: {exc}"
+                f"the {self._model} predictor at {self._base} sent an unreadable stream: {problem}"
             ) from None
         finally:
             await response.aclose()
@@ -218,12 +238,14 @@ class KServeSynthesis:
         deadline = loop.time() + self._timeout
         connect_failures = dropped = 0
         delay = BACKOFF_FIRST
+        request_id = current_request_id()  # the predictor logs it with its own lines
+        headers = _JSON if request_id is None else {**_JSON, REQUEST_ID_HEADER: request_id}
         while True:
             failure: CosyVoiceError
             pause = delay
             try:
                 response = await http.send(
-                    http.build_request("POST", self._predict_url, content=body, headers=_JSON),
+                    http.build_request("POST", self._predict_url, content=body, headers=headers),
                     stream=True,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -326,7 +348,7 @@ class KServeSynthesis:
         try:
             metadata = PredictorMetadata.model_validate_json(response.content)
         except ValidationError as exc:
-            self._mark(False, f"unreadable metadata: {exc}")
+            self._mark(False, f"unreadable metadata: {describe_validation_error(exc.errors())}")
             return False
         self._info = metadata.engine.to_info()
         self._info_known = True

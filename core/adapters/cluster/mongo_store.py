@@ -198,7 +198,20 @@ class MongoMetadataStore:
         )
         await database.tasks.create_index([("created_at", DESCENDING)])
         await database.tasks.create_index([("status", ASCENDING), ("completed_at", ASCENDING)])
+        await database.tasks.create_index([("status", ASCENDING), ("lease_until", ASCENDING)])
+        await self._migrate()
         self._indexed = True
+
+    async def _migrate(self) -> None:
+        """Bring documents written by earlier versions up to the current fields.
+
+        Tasks written before claims had fencing tokens get `claim_id: null`, so every
+        task has the field the compare-and-sets match on. Idempotent: once done, the
+        update matches nothing.
+        """
+        await self._database.tasks.update_many(
+            {"claim_id": {"$exists": False}}, {"$set": {"claim_id": None}}
+        )
 
     @property
     def _database(self) -> AsyncDatabase[dict[str, Any]]:
@@ -351,15 +364,62 @@ class MongoMetadataStore:
         task_id: str,
         expected: Iterable[TaskStatus],
         changes: dict[str, Any],
+        *,
+        claim_id: str | None = None,
+        lease_expired_before: datetime | None = None,
     ) -> Task | None:
         allowed = [TaskStatus(status).value for status in expected]
         if not allowed:
             return None
         update = _changes(changes, _TASK_FIELDS, "task_id")
+        query: dict[str, Any] = {"task_id": task_id, "status": {"$in": allowed}}
+        if claim_id is not None:
+            query["claim_id"] = claim_id
+        if lease_expired_before is not None:
+            query["lease_until"] = {"$ne": None, "$lt": _bson(lease_expired_before)}
         async with self._using():
             document = await self._tasks.find_one_and_update(
-                {"task_id": task_id, "status": {"$in": allowed}},
+                query,
                 {"$set": update} if update else {"$set": {"task_id": task_id}},
+                projection=_NO_ID,
+                return_document=ReturnDocument.AFTER,
+            )
+        return None if document is None else Task.model_validate(document)
+
+    async def record_segment(self, task_id: str, index: int, lease_until: datetime) -> Task | None:
+        finished = [status.value for status in FINAL_STATUSES]
+        async with self._using():
+            # $addToSet is atomic per document: concurrent recorders never lose an index.
+            document = await self._tasks.find_one_and_update(
+                {"task_id": task_id, "status": {"$nin": finished}},
+                {"$addToSet": {"segments_done": index}},
+                projection=_NO_ID,
+                return_document=ReturnDocument.AFTER,
+            )
+            if document is None:
+                return None
+            total = document.get("segments_total") or 0
+            if document.get("status") != TaskStatus.processing.value or total <= 0:
+                return Task.model_validate(document)
+            progress = min(len(document["segments_done"]) / total, 0.99)
+            renewed = await self._tasks.find_one_and_update(
+                {"task_id": task_id, "status": TaskStatus.processing.value},
+                {"$max": {"progress": progress}, "$set": {"lease_until": _bson(lease_until)}},
+                projection=_NO_ID,
+                return_document=ReturnDocument.AFTER,
+            )
+        return Task.model_validate(renewed or document)
+
+    async def claim_assembly(self, task_id: str, now: datetime, until: datetime) -> Task | None:
+        query = {
+            "task_id": task_id,
+            "status": TaskStatus.processing.value,
+            "$or": [{"assembling_until": None}, {"assembling_until": {"$lt": _bson(now)}}],
+        }
+        async with self._using():
+            document = await self._tasks.find_one_and_update(
+                query,
+                {"$set": {"assembling_until": _bson(until)}},
                 projection=_NO_ID,
                 return_document=ReturnDocument.AFTER,
             )

@@ -10,12 +10,25 @@ handler slot is free, so an urgent job never waits behind a thousand low ones.
 
 Delivery rules, shared by every consumer here:
 
-- success → ack; the handler raised → nak with a growing delay (JetStream redelivers);
+- success → ack; the handler raised → a failed attempt: nak with a growing delay
+  (JetStream redelivers);
+- the handler raised `RetryLater` (the work is someone else's for now) → nak with the
+  delay it asked for; no attempt is spent;
+- the handler raised `SinkUnavailable` (what it hands the event to is not there or not
+  ready: not the event's fault) → the message is kept, in progress, and tried again
+  after a pause that doubles up to `sink_backoff_max`; no new message is pulled until
+  the sink answers again;
 - a long handler sends in-progress heartbeats so the ack wait does not run out;
-- after `max_deliver` deliveries the message is copied to `cosyvoice.dlq.<subject>`,
+- after `max_deliver` failed attempts the message is copied to `cosyvoice.dlq.<subject>`,
   `on_dead_letter(task_id, reason)` is told (so the task can be marked failed), and the
-  message is terminated; a worker that died on the last delivery is noticed on the
-  extra delivery the consumer allows, without running the handler again.
+  message is terminated.
+
+Failed attempts are counted here, per message, and not read from JetStream's delivery
+count: that count also grows with every redelivery that was no attempt (a busy or
+restarting sink, a nak asked for by the handler), so the consumers have no MaxDeliver
+(-1). The count lives in the consuming process; if it restarts, a message's count
+starts again, and the render's own attempts on the task record (TASK_MAX_ATTEMPTS) bound
+a task that keeps killing its worker.
 
 De-duplication: each message carries `Nats-Msg-Id` equal to its `ce-id`, and the
 stream drops a repeat within its duplicate window. A render's id is
@@ -33,7 +46,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,8 +60,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from ...domain import PRIORITY_ORDER, Priority
-from ...errors import BackendUnavailable, InvalidInput, TaskNotFound
-from ...ports import MetadataStore, RenderHandler, RenderRequest, TaskEndedHandler
+from ...errors import BackendUnavailable, InvalidInput, LeaseHeld, TaskNotFound
+from ...ports import (
+    MetadataStore,
+    RenderHandler,
+    RenderRequest,
+    SubmissionHandler,
+    TaskEndedHandler,
+)
 from .cloudevents_codec import (
     DEFAULT_SOURCE,
     RENDER_REQUESTED,
@@ -56,6 +76,8 @@ from .cloudevents_codec import (
     OutgoingEvent,
     decode_event,
     encode_event,
+    render_event_data,
+    render_request_from,
     task_ended_type,
 )
 
@@ -71,12 +93,14 @@ DLQ_SUBJECT = "cosyvoice.dlq"
 MSG_ID_HEADER = "Nats-Msg-Id"
 DLQ_REASON_HEADER = "Cosyvoice-Dead-Letter-Reason"
 DLQ_DELIVERIES_HEADER = "Cosyvoice-Deliveries"
+DLQ_ATTEMPTS_HEADER = "Cosyvoice-Failed-Attempts"
 
 DeadLetterHandler = Callable[[str, str], Awaitable[None]]
-SubmissionHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _MAX_RETRY_DELAY = 60.0
+_SINK_BACKOFF_BASE = 0.5
+_ATTEMPT_MEMORY = 10_000  # messages whose failed attempts are remembered at once
 _IDLE_FETCH_TIMEOUT = 1.0
 _OUTAGE_PAUSE = 1.0
 _RETENTION_SECONDS = 7 * 24 * 3600.0
@@ -84,6 +108,64 @@ _RETENTION_SECONDS = 7 * 24 * 3600.0
 
 def render_subject(priority: Priority) -> str:
     return f"{RENDER_SUBJECT}.{priority.value}"
+
+
+class SinkUnavailable(Exception):
+    """Where the handler sends the event is not there or not ready: try it again later,
+    without spending one of the event's attempts."""
+
+
+class RetryLater(Exception):
+    """The handler was told to come back after `delay` seconds; not an attempt."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class SinkGate:
+    """Whether the sink takes events, and when to try it again while it does not.
+
+    Every held message reports the outcome of its try; the pause doubles once per round
+    of tries (not once per message), from `base` up to `cap`.
+    """
+
+    def __init__(self, base: float, cap: float) -> None:
+        self._base = base
+        self._cap = cap
+        self._open = asyncio.Event()
+        self._open.set()
+        self._failures = 0
+        self._retry_at = 0.0
+        self.round = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    def down(self, seen_round: int, reason: str) -> None:
+        """A try that started in `seen_round` found the sink unavailable."""
+        if seen_round != self.round:
+            return  # another message already reported this round
+        self._failures += 1
+        self.round += 1
+        pause = min(self._base * 2 ** (self._failures - 1), self._cap)
+        self._retry_at = time.monotonic() + pause
+        self._open.clear()
+        log.warning("sink unavailable (%s); next try in %.1fs", reason, pause)
+
+    def up(self) -> None:
+        if not self._open.is_set():
+            log.info("sink available again after %d failed tries", self._failures)
+        self._failures = 0
+        self.round += 1
+        self._open.set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    async def wait_retry(self) -> None:
+        await asyncio.sleep(max(self._retry_at - time.monotonic(), 0.0))
 
 
 class NatsEventBus:
@@ -105,10 +187,13 @@ class NatsEventBus:
         source: str = DEFAULT_SOURCE,
         stream: str = STREAM,
         manage_stream: bool = True,
+        sink_backoff_max: float = 30.0,
     ) -> None:
         """`poll_interval` is how long each priority is asked for work before the next
         one; `timeout` bounds connecting and each publish. `stream` names the JetStream
-        stream; with `manage_stream` off its configuration belongs to someone else."""
+        stream; with `manage_stream` off its configuration belongs to someone else.
+        `max_deliver` is failed attempts, not deliveries; `sink_backoff_max` caps the
+        pause between tries while the sink is unavailable."""
         self._url = url
         self._stream = stream
         self._manage_stream = manage_stream
@@ -126,6 +211,8 @@ class NatsEventBus:
         self._js: JetStreamContext | None = None
         self._loops: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._sink = SinkGate(_SINK_BACKOFF_BASE, sink_backoff_max)
+        self._failed_attempts: dict[int, int] = {}  # stream sequence → failed attempts
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -143,7 +230,8 @@ class NatsEventBus:
                     name="cosyvoice",
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    # nats-py annotates this as int, but it is seconds passed to sleep().
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]
                     connect_timeout=max(int(self._timeout), 1),
                     error_cb=self._connection_error,
                     disconnected_cb=self._disconnected,
@@ -244,11 +332,14 @@ class NatsEventBus:
     # --- publishing ----------------------------------------------------------------
 
     async def publish_render(self, request: RenderRequest) -> None:
+        if request.segment is not None:
+            # A segment's content never changes: one id per segment, so a re-planned
+            # task re-publishing a segment still in the stream adds nothing.
+            event_id = f"render.{request.task_id}.segment.{request.segment}"
+        else:
+            event_id = await self._render_event_id(request.task_id)
         event = encode_event(
-            RENDER_REQUESTED,
-            {"task_id": request.task_id, "priority": request.priority.value},
-            event_id=await self._render_event_id(request.task_id),
-            source=self._source,
+            RENDER_REQUESTED, render_event_data(request), event_id=event_id, source=self._source
         )
         await self._publish(render_subject(request.priority), event)
 
@@ -333,8 +424,9 @@ class NatsEventBus:
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait,
-            # One delivery beyond the limit, to notice a worker that died on the last one.
-            max_deliver=self._max_deliver + 1,
+            # Unlimited: redeliveries that were no attempt must not use up the event;
+            # failed attempts are counted in `_deliver`.
+            max_deliver=-1,
         )
         js = self._jetstream
         try:
@@ -346,7 +438,7 @@ class NatsEventBus:
     async def _serve(
         self,
         subscriptions: Sequence[JetStreamContext.PullSubscription],
-        process: Callable[[Msg], Awaitable[None]],
+        process: Callable[[Msg], Coroutine[Any, Any, None]],
         concurrency: int,
     ) -> None:
         """Feed `process` one message at a time, at most `concurrency` at once, until
@@ -366,7 +458,7 @@ class NatsEventBus:
     async def _dispatch(
         self,
         subscriptions: Sequence[JetStreamContext.PullSubscription],
-        process: Callable[[Msg], Awaitable[None]],
+        process: Callable[[Msg], Coroutine[Any, Any, None]],
         concurrency: int,
     ) -> None:
         slots = asyncio.Semaphore(max(concurrency, 1))
@@ -382,6 +474,7 @@ class NatsEventBus:
             while True:
                 await slots.acquire()
                 try:
+                    await self._sink.wait_open()  # pull nothing while the sink is down
                     msg = await self._next_message(subscriptions)
                 except BaseException:
                     slots.release()
@@ -443,10 +536,7 @@ class NatsEventBus:
     async def _render(self, handler: RenderHandler, msg: Msg) -> None:
         try:
             event = decode_event(msg.headers, msg.data)
-            request = RenderRequest(
-                task_id=str(event.data["task_id"]),
-                priority=Priority(event.data.get("priority", Priority.normal.value)),
-            )
+            request = render_request_from(event.data)
         except (InvalidInput, KeyError, ValueError) as exc:
             await self._dead_letter(msg, f"malformed render request: {exc}", None)
             return
@@ -472,32 +562,71 @@ class NatsEventBus:
     async def _deliver(
         self, msg: Msg, work: Callable[[], Awaitable[None]], task_id: str | None
     ) -> None:
-        deliveries = msg.metadata.num_delivered
-        if deliveries > self._max_deliver:
-            reason = f"no result after {deliveries - 1} deliveries (worker lost)"
-            await self._dead_letter(msg, reason, task_id)
+        sequence = msg.metadata.sequence.stream
+        failed = self._failed_attempts.get(sequence, 0)
+        if failed >= self._max_deliver:  # the dead letter itself did not go through
+            await self._give_up(msg, f"{failed} failed attempts", task_id, sequence)
             return
         try:
             async with self._heartbeats(msg):
-                await work()
+                await self._until_sink_answers(work)
         except asyncio.CancelledError:
             raise  # not acked: JetStream redelivers it after the ack wait
+        except LeaseHeld as exc:  # another worker renders the task: not an attempt
+            log.info("%s comes back in %.1fs: %s", msg.subject, exc.retry_after_seconds, exc)
+            await _settle(msg.nak(delay=exc.retry_after_seconds))
+        except RetryLater as exc:
+            log.info("%s comes back in %.1fs: %s", msg.subject, exc.delay, exc)
+            await _settle(msg.nak(delay=exc.delay))
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            if deliveries >= self._max_deliver:
-                await self._dead_letter(msg, reason, task_id)
+            failed += 1
+            if failed >= self._max_deliver:
+                await self._give_up(msg, reason, task_id, sequence)
                 return
-            delay = min(self._retry_delay * 2 ** (deliveries - 1), _MAX_RETRY_DELAY)
+            self._remember_failure(sequence, failed)
+            delay = min(self._retry_delay * 2 ** (failed - 1), _MAX_RETRY_DELAY)
             log.warning(
-                "handling %s failed (delivery %d): %s; retry in %.1fs",
+                "handling %s failed (attempt %d of %d): %s; retry in %.1fs",
                 msg.subject,
-                deliveries,
+                failed,
+                self._max_deliver,
                 reason,
                 delay,
             )
             await _settle(msg.nak(delay=delay))
         else:
+            self._failed_attempts.pop(sequence, None)
             await _settle(msg.ack())
+
+    async def _until_sink_answers(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` until its sink answers: while it is unavailable, keep the message
+        (the caller's heartbeats hold it) and try again after the gate's pause."""
+        while True:
+            seen = self._sink.round
+            try:
+                await work()
+            except SinkUnavailable as exc:
+                self._sink.down(seen, str(exc))
+                await self._sink.wait_retry()
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._sink.up()  # it answered, even if the answer was a failure
+                raise
+            self._sink.up()
+            return
+
+    def _remember_failure(self, sequence: int, failed: int) -> None:
+        self._failed_attempts[sequence] = failed
+        while len(self._failed_attempts) > _ATTEMPT_MEMORY:  # forget the oldest
+            del self._failed_attempts[next(iter(self._failed_attempts))]
+
+    async def _give_up(self, msg: Msg, reason: str, task_id: str | None, sequence: int) -> None:
+        self._remember_failure(sequence, self._max_deliver)
+        if await self._dead_letter(msg, reason, task_id):
+            self._failed_attempts.pop(sequence, None)
 
     @contextlib.asynccontextmanager
     async def _heartbeats(self, msg: Msg) -> AsyncIterator[None]:
@@ -517,11 +646,11 @@ class NatsEventBus:
             beating.cancel()
             await asyncio.gather(beating, return_exceptions=True)
 
-    async def _dead_letter(self, msg: Msg, reason: str, task_id: str | None) -> None:
+    async def _dead_letter(self, msg: Msg, reason: str, task_id: str | None) -> bool:
         """Copy the message to the DLQ, report the task, then stop its redeliveries.
 
-        Each step may be repeated safely: a failure leaves the message unsettled, it is
-        delivered again, and the DLQ copy is de-duplicated by its id.
+        Each step may be repeated safely: a failure naks the message, it is delivered
+        again, and the DLQ copy is de-duplicated by its id. False when it must be repeated.
         """
         meta = msg.metadata
         log.error("dead-lettering %s (task %s): %s", msg.subject, task_id, reason)
@@ -529,6 +658,7 @@ class NatsEventBus:
         headers[MSG_ID_HEADER] = f"dlq.{meta.stream}.{meta.sequence.stream}"
         headers[DLQ_REASON_HEADER] = " ".join(reason.split())[:500]
         headers[DLQ_DELIVERIES_HEADER] = str(meta.num_delivered)
+        headers[DLQ_ATTEMPTS_HEADER] = str(self._failed_attempts.get(meta.sequence.stream, 0))
         try:
             await self._jetstream.publish(
                 f"{DLQ_SUBJECT}.{msg.subject}", msg.data, headers=headers, timeout=self._timeout
@@ -536,15 +666,16 @@ class NatsEventBus:
         except nats.errors.Error as exc:
             log.warning("could not dead-letter %s yet: %r", msg.subject, exc)
             await _settle(msg.nak(delay=self._retry_delay))
-            return
+            return False
         if task_id is not None and self._on_dead_letter is not None:
             try:
                 await self._on_dead_letter(task_id, reason)
             except Exception:
                 log.exception("dead-letter callback failed for task %s", task_id)
                 await _settle(msg.nak(delay=self._retry_delay))
-                return
+                return False
         await _settle(msg.term())
+        return True
 
 
 def _without_credentials(url: str) -> str:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -29,9 +28,10 @@ from minio.error import MinioException, S3Error
 
 from ...errors import BackendUnavailable, InvalidInput, NotFound
 from ...ports import BlobInfo, StoredBlob
-from ..embedded.file_blobs import CHUNK_SIZE, content_type_for, in_pages, key_segments
+from ..blob_keys import CHUNK_SIZE, content_type_for, in_pages, key_segments
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _CREDENTIAL_CODES = frozenset(
@@ -68,6 +68,7 @@ class S3BlobStore:
         access_key: str | None,
         secret_key: str | None,
         region: str | None,
+        ca_file: Path | None = None,
         timeout: float = 5.0,
     ) -> None:
         self._location = parse_s3_url(url)
@@ -79,7 +80,7 @@ class S3BlobStore:
             ),
             maxsize=16,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            ca_certs=str(ca_file) if ca_file else certifi.where(),
         )
         self._client = Minio(
             self._location.endpoint,
@@ -89,7 +90,8 @@ class S3BlobStore:
             region=region or None,
             http_client=self._http,
         )
-        self._client.disable_virtual_style_endpoint()
+        # minio leaves this method unannotated; it returns None.
+        self._client.disable_virtual_style_endpoint()  # type: ignore[no-untyped-call]
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -111,7 +113,7 @@ class S3BlobStore:
         if not await self._call(self._client.bucket_exists, self._bucket):
             raise BackendUnavailable(f"object store unavailable: bucket {self._bucket} is gone")
 
-    async def _call(self, work: Callable[..., T], *args: object, **kwargs: object) -> T:
+    async def _call(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one blocking client call in a thread and translate its failures."""
         return await asyncio.to_thread(_translated, work, *args, **kwargs)
 
@@ -221,7 +223,7 @@ class S3BlobStore:
             )
 
 
-def _translated(work: Callable[..., T], *args: object, **kwargs: object) -> T:
+def _translated(work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return work(*args, **kwargs)
     except S3Error as exc:

@@ -9,7 +9,6 @@ empty or dot segments, absolute paths, backslashes, NUL, and symlinks pointing o
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import os
 import shutil
 import stat
@@ -17,47 +16,11 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from ...errors import InvalidInput, NotFound
 from ...ports import BlobInfo, StoredBlob
-
-CHUNK_SIZE = 64 * 1024
-LISTING_PAGE = 500
-
-T = TypeVar("T")
-
-# The audio types every browser plays; mimetypes' answers for these vary by platform.
-_CONTENT_TYPES = {
-    ".wav": "audio/wav",
-    ".mp3": "audio/mpeg",
-    ".flac": "audio/flac",
-    ".json": "application/json",
-}
-
-
-def content_type_for(path: str) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in _CONTENT_TYPES:
-        return _CONTENT_TYPES[suffix]
-    guessed, _ = mimetypes.guess_type(path)
-    return guessed or "application/octet-stream"
-
-
-def key_segments(key: str) -> list[str]:
-    """Split a key into its namespace and path, refusing anything that could escape.
-
-    A key names something inside a namespace (`outputs/x.wav`, `voices/<id>/`), never a
-    namespace itself; a trailing '/' (a prefix) is allowed and dropped.
-    """
-    if not key or "\\" in key or "\x00" in key or key.startswith("/"):
-        raise InvalidInput(f"invalid storage key: {key!r}")
-    segments = key.removesuffix("/").split("/")
-    if any(segment in {"", ".", ".."} for segment in segments):
-        raise InvalidInput(f"invalid storage key: {key!r}")
-    if len(segments) < 2:
-        raise InvalidInput(f"invalid storage key: {key!r} (names a whole namespace)")
-    return segments
+from ..blob_keys import CHUNK_SIZE, content_type_for, in_pages, key_segments
 
 
 class FileBlobStore:
@@ -155,17 +118,6 @@ class FileBlobStore:
         if namespace in self._roots:
             return self._roots[namespace]
         return self._path(prefix)
-
-
-async def in_pages(items: Iterator[T], size: int = LISTING_PAGE) -> AsyncIterator[T]:
-    """Drain a blocking iterator a page at a time in a worker thread."""
-
-    def page() -> list[T]:
-        return [item for _, item in zip(range(size), items, strict=False)]
-
-    while batch := await asyncio.to_thread(page):
-        for item in batch:
-            yield item
 
 
 def _walk(folder: Path, key_prefix: str) -> Iterator[StoredBlob]:

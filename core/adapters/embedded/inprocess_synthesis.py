@@ -19,6 +19,8 @@ class InProcessSynthesis:
     """`SynthesisClient` over an `EngineRunner`."""
 
     missing_reason: str | None = None  # the engine loaded: it is here
+    remote = False
+    warning: str | None = None  # the registry's fallback warning is the runtime's to show
 
     def __init__(self, runner: EngineRunner, blobs: BlobStore) -> None:
         self._runner = runner

@@ -3,7 +3,8 @@
 Nothing is kept only in memory: a render is queued because its task is `registered` or
 `scheduled` in the repository, so after a restart `consume_renders` rebuilds the queue
 from `MetadataStore.queued_tasks()` before it serves anything. A task id sits in the
-queue at most once; a failed render goes back in after a growing delay.
+queue at most once; a failed render goes back in after a growing delay, and one whose
+task another worker holds (`LeaseHeld`) after that lease, without counting a delivery.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ...errors import BackendUnavailable
-from ...ports import MetadataStore, RenderHandler, RenderRequest, TaskEndedHandler
+from ...errors import BackendUnavailable, LeaseHeld
+from ...ports import (
+    MetadataStore,
+    RenderHandler,
+    RenderRequest,
+    SubmissionHandler,
+    TaskEndedHandler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +48,9 @@ class MemoryEventBus:
         self._retry_delay = retry_delay
         self._max_deliver = max_deliver
         self._on_dead_letter = on_dead_letter
-        self._queue: asyncio.PriorityQueue[tuple[int, int, RenderRequest]] | None = None
+        self._queue: asyncio.PriorityQueue[tuple[int, int, int, RenderRequest]] | None = None
         self._order = itertools.count()
-        self._tracked: set[str] = set()  # queued, waiting for a retry, or running
+        self._tracked: set[str] = set()  # request keys queued, waiting for a retry, or running
         self._deliveries: dict[str, int] = {}
         self._task_ended: list[TaskEndedHandler] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -75,15 +82,18 @@ class MemoryEventBus:
         self._enqueue(request)
 
     def _enqueue(self, request: RenderRequest) -> None:
-        if request.task_id in self._tracked:
+        if request.key in self._tracked:
             return
-        self._tracked.add(request.task_id)
+        self._tracked.add(request.key)
         self._put(request)
 
     def _put(self, request: RenderRequest) -> None:
         if self._queue is None:
             raise BackendUnavailable("event bus unavailable: it is not started")
-        self._queue.put_nowait((request.priority.rank, next(self._order), request))
+        # Within a priority, segment jobs of tasks already started come before new tasks:
+        # started work finishes first instead of every task's lease waiting on all others.
+        started = 0 if request.segment is not None else 1
+        self._queue.put_nowait((request.priority.rank, started, next(self._order), request))
 
     async def consume_renders(self, handler: RenderHandler, concurrency: int) -> None:
         for task in await self._store.queued_tasks():
@@ -107,17 +117,22 @@ class MemoryEventBus:
     async def _work(self, handler: RenderHandler) -> None:
         while True:
             assert self._queue is not None
-            _, _, request = await self._queue.get()
-            deliveries = self._deliveries.get(request.task_id, 0) + 1
-            self._deliveries[request.task_id] = deliveries
+            *_, request = await self._queue.get()
+            deliveries = self._deliveries.get(request.key, 0) + 1
+            self._deliveries[request.key] = deliveries
             try:
                 await handler(request)
             except asyncio.CancelledError:
                 raise
+            except LeaseHeld as exc:
+                # Another worker renders it: not an attempt. Ask again when its lease may
+                # have run out, to retake it if that worker is gone.
+                self._deliveries[request.key] = deliveries - 1
+                self._spawn(self._requeue_later(request, exc.retry_after_seconds))
             except Exception as exc:
                 await self._failed(request, deliveries, exc)
             else:
-                self._forget(request.task_id)
+                self._forget(request.key)
 
     async def _failed(self, request: RenderRequest, deliveries: int, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -125,7 +140,7 @@ class MemoryEventBus:
             log.error(
                 "render %s failed %d times, giving up: %s", request.task_id, deliveries, reason
             )
-            self._forget(request.task_id)
+            self._forget(request.key)
             if self._on_dead_letter is not None:
                 try:
                     await self._on_dead_letter(request.task_id, reason)
@@ -140,9 +155,16 @@ class MemoryEventBus:
         await asyncio.sleep(delay)
         self._put(request)
 
-    def _forget(self, task_id: str) -> None:
-        self._tracked.discard(task_id)
-        self._deliveries.pop(task_id, None)
+    def _forget(self, key: str) -> None:
+        self._tracked.discard(key)
+        self._deliveries.pop(key, None)
+
+    async def consume_submissions(
+        self, handler: SubmissionHandler, *, concurrency: int = 1
+    ) -> None:
+        """No other service reaches an in-process bus, so nothing is ever submitted here:
+        jobs come through the task API instead."""
+        return None
 
     # --- task-ended notifications --------------------------------------------------
 

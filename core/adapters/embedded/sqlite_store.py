@@ -106,11 +106,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_by_created ON tasks (created_at)",
         "CREATE INDEX tasks_by_lease ON tasks (status, lease_until)",
     ),
+    # Fencing tokens: the claim that holds a processing task's lease.
+    ("ALTER TABLE tasks ADD COLUMN claim_id TEXT",),
+    # Long-form renders in segment jobs: the plan's size, the stored segments (a JSON
+    # array used as a set) and the claim of the one process assembling them.
+    (
+        "ALTER TABLE tasks ADD COLUMN segments_total INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN segments_done TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE tasks ADD COLUMN assembling_until TEXT",
+    ),
 )
 
 _VOICE_COLUMNS = tuple(Voice.model_fields)
 _TASK_COLUMNS = (*Task.model_fields, "priority_rank")
-_JSON_COLUMNS = frozenset({"metadata", "webhook"})
+_JSON_COLUMNS = frozenset({"metadata", "webhook", "segments_done"})
 
 
 def _iso(moment: datetime) -> str:
@@ -405,6 +414,9 @@ class SqliteMetadataStore:
         task_id: str,
         expected: Iterable[TaskStatus],
         changes: dict[str, Any],
+        *,
+        claim_id: str | None = None,
+        lease_expired_before: datetime | None = None,
     ) -> Task | None:
         allowed = [TaskStatus(status).value for status in expected]
         if not allowed:
@@ -413,11 +425,50 @@ class SqliteMetadataStore:
         if not clause:
             clause, params = "status = status", []
         marks = ", ".join("?" for _ in allowed)
+        conditions = [f"task_id = ? AND status IN ({marks})"]
+        condition_params: list[Any] = [task_id, *allowed]
+        if claim_id is not None:
+            conditions.append("claim_id = ?")
+            condition_params.append(claim_id)
+        if lease_expired_before is not None:
+            conditions.append("lease_until IS NOT NULL AND lease_until < ?")
+            condition_params.append(_iso(lease_expired_before))
         # One statement: the check and the write cannot be separated by another writer.
-        sql = f"UPDATE tasks SET {clause} WHERE task_id = ? AND status IN ({marks}) RETURNING *"
+        sql = f"UPDATE tasks SET {clause} WHERE {' AND '.join(conditions)} RETURNING *"
         row = await self._call(
-            lambda conn: conn.execute(sql, [*params, task_id, *allowed]).fetchone()
+            lambda conn: conn.execute(sql, [*params, *condition_params]).fetchone()
         )
+        return None if row is None else _task(row)
+
+    async def record_segment(self, task_id: str, index: int, lease_until: datetime) -> Task | None:
+        finished = sorted(status.value for status in FINAL_STATUSES)
+        marks = ", ".join("?" for _ in finished)
+        # One statement: concurrent recorders each add their index to the set read in
+        # the same write, so none is lost; progress only moves forward.
+        added = (
+            "(SELECT json_group_array(value) FROM (SELECT value FROM json_each(segments_done)"
+            " UNION SELECT ? ORDER BY 1))"
+        )
+        sql = (
+            f"UPDATE tasks SET segments_done = {added},"
+            " lease_until = CASE WHEN status = ? THEN ? ELSE lease_until END,"
+            " progress = CASE WHEN status = ? AND segments_total > 0 THEN"
+            f" MAX(progress, MIN(0.99, CAST(json_array_length({added}) AS REAL)"
+            " / segments_total)) ELSE progress END"
+            f" WHERE task_id = ? AND status NOT IN ({marks}) RETURNING *"
+        )
+        processing = TaskStatus.processing.value
+        params = [index, processing, _iso(lease_until), processing, index, task_id, *finished]
+        row = await self._call(lambda conn: conn.execute(sql, params).fetchone())
+        return None if row is None else _task(row)
+
+    async def claim_assembly(self, task_id: str, now: datetime, until: datetime) -> Task | None:
+        sql = (
+            "UPDATE tasks SET assembling_until = ? WHERE task_id = ? AND status = ?"
+            " AND (assembling_until IS NULL OR assembling_until < ?) RETURNING *"
+        )
+        params = [_iso(until), task_id, TaskStatus.processing.value, _iso(now)]
+        row = await self._call(lambda conn: conn.execute(sql, params).fetchone())
         return None if row is None else _task(row)
 
     async def update_task(self, task_id: str, changes: dict[str, Any]) -> Task:

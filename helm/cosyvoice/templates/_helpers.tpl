@@ -140,6 +140,8 @@ Usage: include "cosyvoice.env" (dict "ctx" $ "workload" "router")
   value: {{ $v.config.logLevel | quote }}
 {{- end }}
 {{- if $runtime }}
+- name: LOG_FORMAT
+  value: {{ $v.config.logFormat | quote }}
 - name: ENGINE
   value: {{ $v.config.engine | quote }}
 - name: AUTO_DOWNLOAD_MODELS
