@@ -242,6 +242,7 @@ class SynthesisModel(Model):
             speed=instance.speed,
             language=instance.language,
             sample_rate=instance.sample_rate,
+            stream=instance.low_latency,
         )
         return request, load_clip
 

@@ -113,6 +113,11 @@ class SynthesisInstance(BaseModel):
         None, ge=8000, le=48000, description="Output rate; None = the engine's own."
     )
     stream: bool = Field(False, description="Answer with PCM frames as they are produced.")
+    low_latency: bool = Field(
+        True,
+        description="Synthesize for an early first chunk (the engine's streaming path); "
+        "False renders each sentence in one pass, cheaper when the audio is joined anyway.",
+    )
 
     @field_validator("text")
     @classmethod

@@ -228,8 +228,8 @@ def test_sse_events_carry_self_contained_wav_chunks(
     assert complete["total_chunks"] == len(chunks)
     assert complete["total_bytes"] == total
     assert complete["synthesis_time"] > 0
-    assert_same_length(len(audio) / rate, complete["duration"])
-    assert_same_length(len(audio) / rate, sync_duration(client, voice_id, TEXT))
+    assert_same_length(len(joined) / rate, complete["duration"])
+    assert_same_length(len(joined) / rate, sync_duration(client, voice_id, TEXT))
 
 
 def test_sse_mp3_and_pcm_chunks(client: httpx.Client, voice_id: str) -> None:

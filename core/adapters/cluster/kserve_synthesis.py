@@ -227,7 +227,8 @@ class KServeSynthesis:
             speed=request.speed,
             language=request.language,
             sample_rate=request.sample_rate,
-            stream=True,
+            stream=True,  # frames whatever the engine's path: they pass on as they come
+            low_latency=request.stream,
         )
         return PredictRequest(instances=[instance]).model_dump_json(exclude_none=True).encode()
 
