@@ -95,6 +95,7 @@ class CorsOutermostApp(FastAPI):
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     keys = load_api_keys(settings)  # before anything starts: a bad key list stops here
     runtime = runtime or build_runtime(settings)
+    probes = health.BackendProbes()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +105,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await probes.close()
             await runtime.close()
 
     app = CorsOutermostApp(
@@ -146,7 +148,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         )
     install_log_redaction()
 
-    app.include_router(health.build_router())
+    app.include_router(health.build_router(probes))
     app.include_router(openai.build_router())  # /v1: the OpenAI-compatible speech API
     app.include_router(build_metrics_router())
     for module, versions in ROUTE_MODULES:

@@ -88,8 +88,10 @@ def cosyvoice_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The stand-in checkout (tests/cosyvoice_standin.py) with torch counted as
     installed; sys.path and the stand-in's imports are undone after."""
     import core.engines.cosyvoice as cosyvoice_module  # only the tests that ask load it
+    from tests.cosyvoice_standin import check_as_pinned
 
     monkeypatch.setattr(cosyvoice_module, "torch_installed", lambda: True)
+    monkeypatch.setattr(cosyvoice_module, "check_pinned_upstream", check_as_pinned)
     monkeypatch.setattr(sys, "path", list(sys.path))
     yield
     for name in list(sys.modules):

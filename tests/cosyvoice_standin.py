@@ -7,7 +7,9 @@ reads none of.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 STANDIN = Path(__file__).resolve().parent / "standins" / "cosyvoice"
 TOKENIZERS = {
@@ -24,3 +26,14 @@ def fill_model_dir(folder: Path, family: str) -> Path:
         (folder / name).write_bytes(b"")
     (folder / "CosyVoice-BlankEN").mkdir(exist_ok=True)
     return folder
+
+
+def check_as_pinned(inner: Any) -> None:
+    """The engine's upstream version check, with the stand-in's code as the pinned one
+    (the stand-in mirrors upstream's behaviour, not its source text)."""
+    from core.engines import cosyvoice_loop
+
+    model_class = type(inner)
+    assert Path(inspect.getsourcefile(model_class) or "").is_relative_to(STANDIN)
+    pins = {model_class.__name__: cosyvoice_loop.upstream_fingerprint(model_class)}
+    cosyvoice_loop.check_pinned_upstream(inner, pins)

@@ -51,14 +51,42 @@ async def engine_health(runtime: Runtime, slot: EngineSlot, deep: bool) -> Engin
     )
 
 
-def build_router() -> APIRouter:
-    router = APIRouter(tags=["health"])
+class BackendProbes:
+    """The backing services' health, probed by one background loop, not by each request.
 
-    @router.get("/health", response_model=Health, summary="Service health (HTTP 200 always)")
-    async def health(
-        runtime: RuntimeDep,
-        deep: bool = Query(False, description="Also wake and probe remote predictors"),
-    ) -> Health:
+    Under load a probe of the database or object store can take seconds; `/health` is
+    what load balancers and people poll then, so it answers from the latest probe at
+    once. The loop starts with the first `/health` and probes every `interval` seconds;
+    a snapshot older than `stale_after` (the loop stuck behind a backend time-out) is
+    replaced by a live probe. `deep=true` always probes live.
+    """
+
+    def __init__(self, interval: float = 1.0, stale_after: float = 5.0) -> None:
+        self._interval = interval
+        self._stale_after = stale_after
+        self._latest: tuple[float, dict[str, ServiceHealth]] | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    async def services(self, runtime: Runtime, *, live: bool) -> dict[str, ServiceHealth]:
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._refresh(runtime), name="health-probes")
+        now = asyncio.get_running_loop().time()
+        if live or self._latest is None or now - self._latest[0] > self._stale_after:
+            return await self._probe(runtime)
+        return self._latest[1]
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+
+    async def _refresh(self, runtime: Runtime) -> None:
+        while True:
+            await self._probe(runtime)
+            await asyncio.sleep(self._interval)
+
+    async def _probe(self, runtime: Runtime) -> dict[str, ServiceHealth]:
         # A little longer than the adapters' own time-outs, so they can say why.
         timeout = runtime.settings.backend_timeout + 1.0
         settings = runtime.settings
@@ -69,10 +97,23 @@ def build_router() -> APIRouter:
             ),
             _probe("event_bus", scheme(settings.event_bus_url), runtime.bus.ping, timeout),
         )
+        services = dict(probes)
+        self._latest = (asyncio.get_running_loop().time(), services)
+        return services
+
+
+def build_router(probes: BackendProbes) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health", response_model=Health, summary="Service health (HTTP 200 always)")
+    async def health(
+        runtime: RuntimeDep,
+        deep: bool = Query(False, description="Also wake and probe remote predictors"),
+    ) -> Health:
+        services = await probes.services(runtime, live=deep)
         v3, v2 = await asyncio.gather(
             engine_health(runtime, EngineSlot.v3, deep), engine_health(runtime, EngineSlot.v2, deep)
         )
-        services = dict(probes)
         healthy = v3.ready and v2.ready and all(s.ok for s in services.values())
         return Health(
             status="healthy" if healthy else "degraded",

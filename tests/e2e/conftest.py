@@ -28,6 +28,13 @@ BIN = Path(sys.executable).parent
 PROFILE = os.environ.get("COSYVOICE_TEST_PROFILE", "embedded")
 
 
+def embedded_only(why: str) -> pytest.MarkDecorator:
+    """For a module whose subject does not depend on what stands behind the API (the HTTP
+    server's own limits, a client of the API): run once, in the embedded profile, to keep
+    `make test` inside its time budget. `why` says why the other profiles add nothing."""
+    return pytest.mark.skipif(PROFILE != "embedded", reason=f"embedded profile only: {why}")
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,8 +18,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from tests.e2e.conftest import ApiServer, ServerFactory
+from tests.e2e.conftest import ApiServer, ServerFactory, embedded_only
 from tests.e2e.watch import ServerWatch
+
+pytestmark = embedded_only("authentication and limits are middleware in front of every backend")
 
 DEFAULT_KEY = "dflt-6c1f0e9a2b7d4c38"
 ALICE_KEY = "alice-93b7e2f0c4a1d586"

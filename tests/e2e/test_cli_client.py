@@ -20,8 +20,10 @@ import pytest
 
 from tests.audio_checks import assert_speech
 from tests.conftest import MANDARIN_TRANSCRIPT
-from tests.e2e.conftest import BIN, ApiServer, ServerFactory
+from tests.e2e.conftest import BIN, ApiServer, ServerFactory, embedded_only
 from tests.e2e.test_tasks import long_text
+
+pytestmark = embedded_only("a client of the API, which every profile checks directly")
 
 CLI = str(BIN / "cosyvoice-api")
 API_KEY = "cli-3f9a0c7e5b2d4168"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import soundfile as sf
 
-from tests.e2e.conftest import ApiServer, ServerFactory
+from tests.e2e.conftest import ApiServer, ServerFactory, embedded_only
 from tests.e2e.watch import ServerWatch
 from tests.hostile_audio import (
     flac_claiming,
@@ -24,6 +24,10 @@ from tests.hostile_audio import (
     mp3_claiming_frames,
     tone,
     wav_claiming_huge_data,
+)
+
+pytestmark = embedded_only(
+    "clips are refused while they are decoded in the router, before any backend"
 )
 
 MAX_RSS_MB = 400

@@ -27,7 +27,11 @@ import soundfile as sf
 
 from tests.audio_checks import assert_speech
 from tests.conftest import REPO_ROOT, skip_missing_data
-from tests.e2e.conftest import ApiServer, ServerFactory
+from tests.e2e.conftest import ApiServer, ServerFactory, embedded_only
+
+pytestmark = embedded_only(
+    "a thin layer over the synthesis service, which every profile checks via the original routes"
+)
 
 RATE = 24_000
 TEXT = "The quick brown fox jumps over the lazy dog. It was a bright and sunny day."

@@ -21,8 +21,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.e2e.conftest import ApiServer, ServerFactory
+from tests.e2e.conftest import ApiServer, ServerFactory, embedded_only
 from tests.e2e.watch import ServerWatch
+
+pytestmark = embedded_only("limits of the HTTP server itself, before any backend is reached")
 
 API_KEY = "secret123"
 HEAD_TIMEOUT = 2.0

@@ -8,7 +8,6 @@ float chunks). tests/upstream/ runs the same adapter against the real upstream c
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import threading
@@ -38,8 +37,8 @@ from core.engines.text import END_OF_PROMPT
 from core.errors import EngineNotReady, InvalidInput, NotFound, SynthesisFailed
 from core.ports import BlobInfo, Clip, SynthesisRequest, VoicePrompt
 from tests.conftest import MANDARIN_TRANSCRIPT, skip_missing_data
+from tests.cosyvoice_standin import STANDIN, check_as_pinned
 
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "cosyvoice"
 SAMPLES_PER_TOKEN = 960  # 25 speech tokens a second at 24 kHz
 V3_PREFIX = f"{SYSTEM_PROMPT}{END_OF_PROMPT}"
 V3_FILES = ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v3.onnx")
@@ -57,14 +56,6 @@ def make_model_dir(root: Path, family: str = "cosyvoice3") -> Path:
         (folder / name).write_bytes(b"")
     (folder / "CosyVoice-BlankEN").mkdir()
     return folder
-
-
-def check_as_pinned(inner: Any) -> None:
-    """The version check, with the stand-in's code as the pinned one."""
-    model_class = type(inner)
-    assert Path(inspect.getsourcefile(model_class) or "").is_relative_to(STANDIN)
-    pins = {model_class.__name__: loop_module.upstream_fingerprint(model_class)}
-    loop_module.check_pinned_upstream(inner, pins)
 
 
 @pytest.fixture
