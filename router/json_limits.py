@@ -60,6 +60,19 @@ def json_depth(data: bytes | bytearray | memoryview | str) -> int:
     return deepest
 
 
+def nests_deeper_than(data: bytes | bytearray | str, max_depth: int) -> bool:
+    """Whether a JSON text nests beyond `max_depth`.
+
+    Nesting never exceeds the number of opening brackets, so almost every real body is
+    settled by two counts at C speed; only one with more brackets than the limit is
+    scanned (`json_depth`)."""
+    if isinstance(data, str):
+        opening = data.count("{") + data.count("[")
+    else:
+        opening = data.count(b"{") + data.count(b"[")
+    return opening > max_depth and json_depth(data) > max_depth
+
+
 def too_deep_detail(max_depth: int) -> str:
     return f"JSON nested deeper than {max_depth} levels"
 
@@ -69,7 +82,7 @@ def checked_json_loads(text: str | bytes, max_depth: int) -> Any:
 
     Malformed JSON still raises `json.JSONDecodeError`, as `json.loads` does.
     """
-    if json_depth(text) > max_depth:
+    if nests_deeper_than(text, max_depth):
         raise InvalidInput(too_deep_detail(max_depth))
     return json.loads(text)
 
@@ -107,7 +120,7 @@ class JsonDepthMiddleware:
             if message["type"] == "http.request":
                 body.extend(message.get("body", b""))
                 if not message.get("more_body", False) and body:
-                    depth_exceeded = json_depth(body) > self.max_depth
+                    depth_exceeded = nests_deeper_than(body, self.max_depth)
                     body.clear()
                     if depth_exceeded:
                         # Raised inside the application's own read, so its error

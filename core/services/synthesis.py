@@ -50,6 +50,8 @@ ProgressCallback = Callable[[float], Awaitable[None]]
 # Called with the output's duration once it is encoded, just before it is stored.
 BeforeStore = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
+# Audio this short is written as WAV on the event loop (about a millisecond at most).
+_INLINE_WAV_SECONDS = 20
 
 # Encoding has threads of its own: in asyncio's default pool, seconds of MP3 encoding
 # would queue the database and blob-store calls (and /health with them) behind it.
@@ -280,7 +282,11 @@ class SynthesisService:
         if not pieces:
             raise SynthesisFailed("the engine produced no audio")
         rate = request.sample_rate or self.sample_rate
-        samples, data = await _off_loop(_encode_whole, pieces, rate, fmt)
+        if fmt is AudioFormat.wav and sum(p.size for p in pieces) < rate * _INLINE_WAV_SECONDS:
+            # A WAV file is a header and a copy: cheaper than the hop to a thread.
+            samples, data = _encode_whole(pieces, rate, fmt)
+        else:
+            samples, data = await _off_loop(_encode_whole, pieces, rate, fmt)
         if before_store is not None:
             await before_store(round(samples / rate, 3))
         await self._blobs.put(output_key(filename), data, CONTENT_TYPES[fmt.value])

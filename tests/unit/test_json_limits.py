@@ -58,3 +58,13 @@ def test_hostile_input_is_measured_in_linear_time() -> None:
         started = time.perf_counter()
         json_depth(text)
         assert time.perf_counter() - started < 2.0
+
+
+def test_the_bracket_count_settles_shallow_bodies_and_defers_to_the_scan() -> None:
+    from router.json_limits import nests_deeper_than
+
+    assert not nests_deeper_than(b'{"a": [1, 2, {"b": 3}]}', 3)
+    assert nests_deeper_than(b'{"a": [1, 2, {"b": [4]}]}', 3)
+    # more brackets than the limit, but side by side or inside strings: not deep
+    assert not nests_deeper_than('[[1], [2], [3], [4], "[[[["]', 2)
+    assert nests_deeper_than("[" * 40 + "]" * 40, 32)
