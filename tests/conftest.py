@@ -66,21 +66,21 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def testdata() -> Path:
+def speech_clips() -> Path:
     """The folder of generated speech clips, made on first use (see tests/speech.py)."""
     return speech.write_clips()
 
 
 @pytest.fixture(scope="session")
-def mandarin_clip(testdata: Path) -> bytes:
+def mandarin_clip(speech_clips: Path) -> bytes:
     """Mandarin, female, 3.5 s, 24 kHz float WAV; transcript in MANDARIN_TRANSCRIPT."""
-    return (testdata / speech.MANDARIN.filename).read_bytes()
+    return (speech_clips / speech.MANDARIN.filename).read_bytes()
 
 
 @pytest.fixture(scope="session")
-def english_clip(testdata: Path) -> bytes:
+def english_clip(speech_clips: Path) -> bytes:
     """English, male, 13.8 s, 22.05 kHz 16-bit WAV, used without transcript."""
-    return (testdata / speech.ENGLISH.filename).read_bytes()
+    return (speech_clips / speech.ENGLISH.filename).read_bytes()
 
 
 @pytest.fixture

@@ -270,10 +270,10 @@ def kill_render_mid_flight(topology: Topology, api: httpx.Client) -> None:
 
 
 def test_every_task_completes_once_through_kills_and_outages(
-    cluster: Cluster, testdata: Path
+    cluster: Cluster, speech_clips: Path
 ) -> None:
     topology, api, receiver = cluster.topology, cluster.api, cluster.receiver
-    voice = create_voice(api, testdata / "cross_lingual_prompt.wav", language="en")
+    voice = create_voice(api, speech_clips / "cross_lingual_prompt.wav", language="en")
     started = time.monotonic()
     tasks = submit_all(cluster, voice)
     assert len(tasks) >= 100 and sum(t.long_form for t in tasks) >= 5

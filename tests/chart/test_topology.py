@@ -94,8 +94,8 @@ def api(topology: Topology) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def voice(api: httpx.Client, testdata: Path) -> str:
-    return create_voice(api, testdata / "cross_lingual_prompt.wav", language="en")
+def voice(api: httpx.Client, speech_clips: Path) -> str:
+    return create_voice(api, speech_clips / "cross_lingual_prompt.wav", language="en")
 
 
 @pytest.fixture(autouse=True)

@@ -203,19 +203,19 @@ def create_voice(
 
 
 @pytest.fixture(scope="session")
-def voice_id(server: ApiServer, testdata: Path) -> str:
+def voice_id(server: ApiServer, speech_clips: Path) -> str:
     """A cross-lingual voice made from the English clip."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        return create_voice(http, testdata / "cross_lingual_prompt.wav", language="en")
+        return create_voice(http, speech_clips / "cross_lingual_prompt.wav", language="en")
 
 
 @pytest.fixture(scope="session")
-def zh_voice_id(server: ApiServer, testdata: Path) -> str:
+def zh_voice_id(server: ApiServer, speech_clips: Path) -> str:
     """A zero-shot voice made from the Mandarin clip and its transcript."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
         return create_voice(
             http,
-            testdata / "zero_shot_prompt.wav",
+            speech_clips / "zero_shot_prompt.wav",
             voice_type="zero_shot",
             language="zh",
             prompt_text=MANDARIN_TRANSCRIPT,

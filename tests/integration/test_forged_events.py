@@ -93,10 +93,10 @@ async def publish_and_drain(nats_url: str, events: list[tuple[dict[str, str], by
         await connection.close()
 
 
-def test_forged_task_endings_send_nothing(shape: Shape, testdata: Path) -> None:
+def test_forged_task_endings_send_nothing(shape: Shape, speech_clips: Path) -> None:
     receiver = shape.receiver
     with httpx.Client(base_url=shape.api.url, timeout=60) as http:
-        voice_id = create_voice(http, testdata / "cross_lingual_prompt.wav")
+        voice_id = create_voice(http, speech_clips / "cross_lingual_prompt.wav")
         created = http.post(
             "/api/v3/cross-lingual/task",
             json={
@@ -136,11 +136,13 @@ def test_forged_task_endings_send_nothing(shape: Shape, testdata: Path) -> None:
     assert real.headers[IDEMPOTENCY_HEADER.lower()]
 
 
-def test_a_forged_ending_of_an_unfinished_task_sends_nothing(shape: Shape, testdata: Path) -> None:
+def test_a_forged_ending_of_an_unfinished_task_sends_nothing(
+    shape: Shape, speech_clips: Path
+) -> None:
     """A task that is still waiting: an event saying it completed is refused."""
     receiver = shape.receiver
     with httpx.Client(base_url=shape.api.url, timeout=60) as http:
-        voice_id = create_voice(http, testdata / "cross_lingual_prompt.wav")
+        voice_id = create_voice(http, speech_clips / "cross_lingual_prompt.wav")
         registered = http.post(
             "/api/v3/schedule/register",
             json={

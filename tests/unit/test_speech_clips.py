@@ -15,20 +15,20 @@ from tests.speech import CLIPS, ENGLISH, MANDARIN, ClipRecipe
 
 
 @pytest.mark.parametrize("recipe", CLIPS, ids=lambda recipe: recipe.language)
-def test_each_clip_is_the_file_its_recipe_describes(testdata: Path, recipe: ClipRecipe) -> None:
-    info = sf.info(testdata / recipe.filename)
+def test_each_clip_is_the_file_its_recipe_describes(speech_clips: Path, recipe: ClipRecipe) -> None:
+    info = sf.info(speech_clips / recipe.filename)
     assert info.format == "WAV"
     assert info.subtype == recipe.subtype
     assert info.samplerate == recipe.sample_rate
     assert info.channels == 1
     assert info.duration == pytest.approx(recipe.duration_s, abs=1e-3)
-    upload = decode_upload((testdata / recipe.filename).read_bytes(), max_duration=30)
+    upload = decode_upload((speech_clips / recipe.filename).read_bytes(), max_duration=30)
     assert upload.duration == pytest.approx(recipe.duration_s, abs=1e-3)
 
 
-def test_the_mandarin_clip_keeps_its_transcript(testdata: Path) -> None:
+def test_the_mandarin_clip_keeps_its_transcript(speech_clips: Path) -> None:
     assert MANDARIN.text == MANDARIN_TRANSCRIPT
-    transcript = testdata / MANDARIN.transcript_filename
+    transcript = speech_clips / MANDARIN.transcript_filename
     assert transcript.read_text(encoding="utf-8").strip() == MANDARIN_TRANSCRIPT
     assert ENGLISH.language == "en" and MANDARIN.language == "zh"
 
