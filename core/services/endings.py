@@ -15,12 +15,14 @@ source handling dead letters) ends tasks exactly as the API and the worker do.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from ..domain import FINAL_STATUSES, QUEUED_STATUSES, Task, TaskStatus, WebhookState, utcnow
-from ..errors import TaskNotFound
+from ..errors import BackendUnavailable, TaskNotFound
 from ..ports import EventBus, MetadataStore
 from .webhooks import task_ended_payload
 
@@ -30,6 +32,14 @@ UNFINISHED_STATUSES = frozenset(set(TaskStatus) - FINAL_STATUSES)
 # What a render can fail from: a `pending` task was never queued, so no render of it can
 # give up (an old event for it must not end it).
 RENDERABLE_STATUSES = QUEUED_STATUSES | {TaskStatus.processing}
+# Pauses between announcements of one ending while the bus is unavailable: about a
+# minute in all, longer than a NATS pod takes to restart. The resend of pending webhooks
+# is the last resort, and it waits a whole delivery window (minutes) before it acts.
+ANNOUNCE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# How recent an ending must be to be announced again when its render is delivered again:
+# well inside the bus's duplicate window (two minutes), so that if the first announcement
+# did get through, the stream drops the repeat by its event id.
+REANNOUNCE_WITHIN = timedelta(seconds=60)
 
 
 def ending_changes(task: Task, status: TaskStatus, **changes: Any) -> dict[str, Any]:
@@ -53,9 +63,16 @@ def ending_changes(task: Task, status: TaskStatus, **changes: Any) -> dict[str, 
 class TaskEndings:
     """Completes, fails and cancels tasks; the only writer of final statuses."""
 
-    def __init__(self, store: MetadataStore, bus: EventBus) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        bus: EventBus,
+        retry_delays: Iterable[float] = ANNOUNCE_RETRY_DELAYS,
+    ) -> None:
         self._store = store
         self._bus = bus
+        self._retry_delays = tuple(retry_delays)
+        self._retrying: set[asyncio.Task[None]] = set()
 
     async def complete(
         self, task: Task, *, claim_id: str | None = None, **results: Any
@@ -116,9 +133,68 @@ class TaskEndings:
         return ended
 
     async def announce(self, task: Task) -> None:
-        """Tell the bus a task ended (the webhook path listens). Never raises: the
-        webhook is marked pending on the task and resent if this is lost."""
+        """Tell the bus a task ended (the webhook path listens). Never raises: while the
+        bus is unavailable the announcement is retried in the background (the event id
+        makes a repeat harmless), and past that the webhook, marked pending on the task,
+        is resent by the periodic resend."""
         try:
-            await self._bus.publish_task_ended(task.status.value, task_ended_payload(task))
+            await self._publish(task)
+        except BackendUnavailable as exc:
+            log.warning(
+                "task %s is %s; announcing it again soon: %s",
+                task.task_id,
+                task.status.value,
+                exc.detail,
+            )
+            retry = asyncio.create_task(self._announce_again(task))
+            self._retrying.add(retry)
+            retry.add_done_callback(self._retrying.discard)
         except Exception:
             log.exception("could not announce that task %s is %s", task.task_id, task.status)
+
+    async def announce_if_unsent(self, task: Task) -> bool:
+        """Announce an ended task again when its process may have died between the
+        final write and the announcement; True when it did.
+
+        The sign is a render request delivered again for a task that has already ended:
+        the bus redelivers what its worker never acknowledged. A callback not yet tried
+        (`pending`, no attempt) of a recent ending is announced again; the event id makes
+        the repeat a no-op when the first got through. Older ones are the resend's.
+        """
+        if not task.status.is_final or not task.callback_url or task.completed_at is None:
+            return False
+        if task.webhook.status != "pending" or task.webhook.attempts:
+            return False
+        if utcnow() - task.completed_at > REANNOUNCE_WITHIN:
+            return False
+        log.info(
+            "task %s is %s: announcing it again in case its worker died before it did",
+            task.task_id,
+            task.status.value,
+        )
+        await self.announce(task)
+        return True
+
+    async def _publish(self, task: Task) -> None:
+        await self._bus.publish_task_ended(task.status.value, task_ended_payload(task))
+
+    async def _announce_again(self, task: Task) -> None:
+        for delay in self._retry_delays:
+            await asyncio.sleep(delay)
+            try:
+                await self._publish(task)
+            except BackendUnavailable:
+                continue
+            except Exception:
+                break
+            log.info("task %s: announced that it is %s", task.task_id, task.status.value)
+            return
+        log.error(
+            "could not announce that task %s is %s; its webhook waits for the resend",
+            task.task_id,
+            task.status.value,
+        )
+
+    async def settle(self) -> None:
+        """Wait for announcements being retried (tests, and a stop that may wait)."""
+        await asyncio.gather(*self._retrying, return_exceptions=True)

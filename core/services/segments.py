@@ -212,6 +212,8 @@ class SegmentedRenders:
         if task.status.is_final or task.status is TaskStatus.pending:
             if task.status in (TaskStatus.cancelled, TaskStatus.failed):
                 await self._drop_segments(task.task_id)
+            if task.status.is_final:  # its assembler may have died before announcing
+                await self._tasks.endings.announce_if_unsent(task)
             return
         jobs = self.plan(task)
         if index >= len(jobs):

@@ -252,8 +252,13 @@ class RenderWorker:
                 if task.lease_until >= now:
                     raise LeaseHeld(task_id, (task.lease_until - now).total_seconds())
                 expired_before = now  # its worker is gone: retake it
+            elif task.status.is_final:
+                # Delivered again after it ended: its worker died before acknowledging,
+                # perhaps before announcing the ending too.
+                await self._tasks.endings.announce_if_unsent(task)
+                return None
             elif task.status not in QUEUED_STATUSES:
-                return None  # ended, or pending (never queued)
+                return None  # pending (never queued)
             # A claim resets progress, so a long-form task with progress on its lost claim
             # had segments stored under it: that crash cost no attempt. One that made no
             # progress did, so a task that kills its worker every time still ends.

@@ -341,7 +341,11 @@ def test_every_task_completes_once_through_kills_and_outages(
     assert all(n == 1 for n in keys.values()), {k: n for k, n in keys.items() if n > 1}
     per_task = Counter(json.loads(d.body)["task_id"] for d in deliveries)
     missing = set(outputs.values()) - set(per_task)
-    assert not missing, f"{len(missing)} tasks without a callback"
+    assert not missing, f"{len(missing)} tasks without a callback: " + "\n".join(
+        f"{i}: {statuses(api, [t for t in tasks if t.task_id == i])[i].get('webhook')}\n"
+        f"{topology.mentions(i)}"
+        for i in list(missing)[:3]
+    )
     assert all(n == 1 for n in per_task.values()), per_task.most_common(3)
     for delivery in deliveries:
         assert verify(

@@ -641,6 +641,17 @@ class Topology:
             for p in self.processes
         )
 
+    def mentions(self, needle: str, limit: int = 40) -> str:
+        """The log lines of every process that mention `needle`, for a failure message."""
+        lines = [
+            f"{p.name}: {line}"
+            for p in self.processes
+            if p.log_path.exists()
+            for line in p.log_path.read_text(errors="replace").splitlines()
+            if needle in line
+        ]
+        return "\n".join(lines[-limit:])
+
     def describe(self) -> str:
         """Each process with its argv and environment, for a reader of a failure."""
         return "\n".join(

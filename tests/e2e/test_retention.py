@@ -22,12 +22,17 @@ SWEEP = 0.5
 
 
 @pytest.fixture(scope="module")
-def retention_server(server_factory: ServerFactory) -> ApiServer:
-    return server_factory(
+def retention_server(server_factory: ServerFactory) -> Iterator[ApiServer]:
+    server = server_factory(
         OUTPUT_TTL=str(OUTPUT_TTL),
         TASK_RETENTION=str(TASK_RETENTION),
         RETENTION_SWEEP_SECONDS=str(SWEEP),
     )
+    yield server
+    # Its sweep forgets every output older than seconds in the store it is given; where
+    # the profile shares one store between servers (the predictors read the same files),
+    # it must not outlive this module.
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -59,16 +59,20 @@ def test_restart_keeps_voices_and_outputs(server_factory: ServerFactory) -> None
     first = server_factory()
     with httpx.Client(base_url=first.url, timeout=60) as http:
         voice_id = create_voice(http, TESTDATA / "cross_lingual_prompt.wav")
-        result = http.post(
+        rendered = http.post(
             "/api/v3/cross-lingual/with-cache",
             json={"text": "Kept across restarts.", "voice_id": voice_id},
-        ).json()
+        )
+        assert rendered.status_code == 200, rendered.text
+        result = rendered.json()
     first.stop()
     # Same data folder: the same SQLite file and folders, or the same database and bucket.
     again = server_factory(first.data_dir)
     with httpx.Client(base_url=again.url, timeout=60) as http:
         assert http.get(f"/api/v3/voices/{voice_id}").status_code == 200
-        assert_speech(http.get(result["audio_url"]).content)
+        audio = http.get(result["audio_url"])
+        assert audio.status_code == 200, audio.text[:300]
+        assert_speech(audio.content)
         response = http.post(
             "/api/v3/cross-lingual/with-cache", json={"text": "Still here.", "voice_id": voice_id}
         )

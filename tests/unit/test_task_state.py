@@ -23,10 +23,12 @@ from core.domain import (
     Task,
     TaskKind,
     TaskStatus,
+    WebhookState,
     output_key,
     utcnow,
 )
 from core.errors import (
+    BackendUnavailable,
     InvalidInput,
     InvalidTransition,
     SynthesisFailed,
@@ -34,6 +36,7 @@ from core.errors import (
     VoiceNotFound,
 )
 from core.ports import RenderRequest
+from core.services.endings import TaskEndings
 from core.services.synthesis import RenderResult
 from core.services.tasks import (
     TRANSITIONS,
@@ -375,3 +378,77 @@ async def test_submission_is_idempotent(rig: Rig) -> None:
     assert refused is not None and refused.status is S.failed
     assert "not found" in (refused.error_message or "")
     assert await rig.tasks.submit("evt-3", {"nonsense": True}) is None
+
+
+class FlakyBus:
+    """A bus that is unavailable for its first `outage` announcements."""
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        self.announced: list[tuple[str, str]] = []
+
+    async def publish_task_ended(self, status: str, payload: dict[str, Any]) -> None:
+        if self.outage:
+            self.outage -= 1
+            raise BackendUnavailable("event bus unavailable: restarting")
+        self.announced.append((payload["task_id"], status))
+
+
+async def test_an_ending_announced_while_the_bus_restarts_is_announced_once_it_is_back(
+    rig: Rig,
+) -> None:
+    await rig.store.create_task(
+        make_task("t8", S.processing, claim_id="c", callback_url="https://example.com/hook")
+    )
+    bus = FlakyBus(outage=3)
+    endings = TaskEndings(rig.store, bus, retry_delays=(0.01,) * 5)  # type: ignore[arg-type]
+    ended = await endings.complete(await rig.store.get_task("t8"), filename="x.wav")
+    assert ended is not None and bus.announced == []  # the caller is not held up
+    await endings.settle()
+    assert bus.announced == [("t8", "completed")]
+    assert (await rig.store.get_task("t8")).webhook.status == "pending"
+
+
+async def test_an_ending_the_bus_never_takes_leaves_the_webhook_to_the_resend(rig: Rig) -> None:
+    await rig.store.create_task(
+        make_task("t9", S.processing, claim_id="c", callback_url="https://example.com/hook")
+    )
+    bus = FlakyBus(outage=100)
+    endings = TaskEndings(rig.store, bus, retry_delays=(0.01,) * 3)  # type: ignore[arg-type]
+    assert await endings.complete(await rig.store.get_task("t9")) is not None
+    await endings.settle()
+    assert bus.announced == [] and bus.outage == 100 - 4
+    assert (await rig.store.get_task("t9")).webhook.status == "pending"
+
+
+async def test_a_render_delivered_again_after_its_ending_announces_an_unsent_callback(
+    rig: Rig,
+) -> None:
+    """The worker that completed t10 died before announcing it: the render request comes
+    back, and the callback nobody has tried yet is announced. One already tried, or an
+    ending too old for the bus to drop a repeat of, is left alone."""
+    heard: list[str] = []
+
+    async def listen(payload: dict[str, Any]) -> None:
+        heard.append(payload["task_id"])
+
+    await rig.bus.subscribe_task_ended(listen)
+    hook = "https://example.com/hook"
+    pending = WebhookState(status="pending")
+    await rig.store.create_task(
+        make_task("t10", S.completed, callback_url=hook, completed_at=utcnow(), webhook=pending)
+    )
+    tried = WebhookState(status="pending", attempts=1, last_error="HTTP 503")
+    await rig.store.create_task(
+        make_task("t11", S.completed, callback_url=hook, completed_at=utcnow(), webhook=tried)
+    )
+    long_ago = utcnow() - timedelta(minutes=10)
+    await rig.store.create_task(
+        make_task("t12", S.failed, callback_url=hook, completed_at=long_ago, webhook=pending)
+    )
+    worker = rig.worker()
+    for task_id in ("t10", "t11", "t12"):
+        await worker.handle(RenderRequest(task_id))
+    await asyncio.sleep(0.05)
+    assert heard == ["t10"]
+    assert rig.synthesis.renders == 0
