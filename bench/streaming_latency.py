@@ -1,10 +1,13 @@
-"""Time to first audio byte over HTTP chunked, SSE and WebSocket, against the engine.
+"""Time to first audio over HTTP chunked, SSE and WebSocket, and how it scales, against the engine.
 
-    python -m bench.streaming_latency [--requests 8] [--clients 16] [--engine espeak]
+    python -m bench.streaming_latency [--requests 6] [--clients 16] [--engine espeak]
+        [--scale 1,4,16,64] [--scale-requests 4] [--rounds 3] [--only latency|scaling]
 
 Starts `cosyvoice-api serve` in a process of its own (the e2e tests' ApiServer), makes a
-voice from the English test clip, and measures the time from sending a request on an
-open connection to the first byte of audio:
+voice from the English test clip, and runs two sections (`--only` picks one).
+
+Latency: the time from sending a request on an open connection to the first byte of
+audio:
 
 - http: POST /api/v3/streaming/cross-lingual, the first byte of the chunked body;
 - sse:  GET  /api/v3/streaming/cross-lingual/sse, the first `audio_chunk` event;
@@ -22,9 +25,23 @@ Three loads:
 
 Next to them, the baseline: the same engine called directly in this process
 (`Engine.synthesize`, no server in between), timed to its first chunk under the same
-load (one thread per client). The gap between the two is what serving adds. The server
-is given SYNTHESIS_CONCURRENCY = N so that it admits engine calls as the baseline does.
+load (one thread per client), with the server stopped. The gap between the two is what
+serving adds.
 
+Scaling: for each client count of `--scale`, N clients start together and each streams
+`--scale-requests` whole utterances over HTTP chunked, one after another; the engine
+alone gets the same load from N threads, each reading every chunk. The two sides take
+turns within each of `--rounds` rounds (the order alternating from round to round), the
+server idle while the engine runs, so both see the same machine on a shared VM. Per N:
+first audio p50/p90, audio throughput (seconds of audio delivered per wall second over
+the whole load) and CPU per request: the server process's CPU time over the API side
+(/proc/<pid>/stat) against this process's over the engine side. Targets: at 16 clients,
+first byte p50 at most 1.5x the engine's first chunk and throughput at least 0.8x the
+engine's; at every N, the platform's own CPU per streamed request (the server's, less
+the engine's, which runs inside it) at most the engine's own.
+
+The server is given SYNTHESIS_CONCURRENCY = the most clients of any load, so that it
+admits engine calls as the baseline does, and stream and queue caps that refuse nothing.
 Clients speak HTTP over bare asyncio sockets so that the client's own work, on the same
 cores as the server, stays out of the figures as far as possible.
 """
@@ -34,7 +51,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import struct
 import sys
 import tempfile
 import threading
@@ -42,7 +61,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -61,6 +80,10 @@ from tests.speech import ENGLISH, write_clips
 TEXT = "Hello, this is a latency test of the streaming voice. It has a second sentence."
 TARGET_GAP_MS = 10.0
 TARGET_CONCURRENCY_RATIO = 2.0
+TARGET_SCALING_CLIENTS = 16
+TARGET_FIRST_AUDIO_RATIO = 1.5  # API / engine, first audio p50 at TARGET_SCALING_CLIENTS
+TARGET_THROUGHPUT_RATIO = 0.8  # API / engine, audio throughput at TARGET_SCALING_CLIENTS
+TARGET_CPU_RATIO = 1.0  # server / engine, CPU per request, at every client count
 
 Request = Callable[[], Awaitable[float]]
 """Sends one synthesis request and returns the seconds to its first audio byte."""
@@ -86,17 +109,27 @@ def listener_schedule(load: Load, audio_seconds: float) -> list[float]:
 # --- the engine in-process ---------------------------------------------------------------
 
 
-def engine_first_chunk(engine: Engine, request: EngineRequest) -> float:
-    """Seconds to the first chunk of a whole synthesis (the rest is rendered too, as the
+@dataclass(frozen=True)
+class Streamed:
+    """One request, read to its end."""
+
+    first_audio: float  # seconds from sending it to its first audio
+    audio_seconds: float  # the audio it delivered
+
+
+def engine_stream(engine: Engine, request: EngineRequest) -> Streamed:
+    """A whole synthesis, timed to its first chunk (the rest is rendered too, as the
     server renders it, so concurrent calls compete for the engine as they do there)."""
     started = time.perf_counter()
     first: float | None = None
-    for _ in engine.synthesize(request):
+    samples = 0
+    for chunk in engine.synthesize(request):
         if first is None:
             first = time.perf_counter() - started
+        samples += len(chunk)
     if first is None:
         raise RuntimeError("the engine produced no audio")
-    return first
+    return Streamed(first, samples / engine.info.sample_rate)
 
 
 def engine_under_load(
@@ -113,7 +146,7 @@ def engine_under_load(
         time.sleep(offset)
         for _ in range(load.requests):
             started = time.perf_counter()
-            seconds = engine_first_chunk(engine, request)
+            seconds = engine_stream(engine, request).first_audio
             with lock:
                 samples.append(seconds)
             if load.paced:
@@ -129,6 +162,40 @@ def engine_under_load(
     return samples
 
 
+@dataclass(frozen=True)
+class SideRun:
+    """One side (the engine alone, or the API) of one scaling load."""
+
+    streams: list[Streamed]
+    wall_seconds: float  # from the clients' start to the end of the last stream
+    cpu_seconds: float  # of the process that synthesized and served them
+
+
+def engine_scaling_load(
+    engine: Engine, request: EngineRequest, clients: int, requests: int
+) -> SideRun:
+    """`clients` threads starting together, each synthesizing `requests` times in a row."""
+    streams: list[Streamed] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)  # + this thread, which starts the clocks
+
+    def client() -> None:
+        start.wait()
+        for _ in range(requests):
+            streamed = engine_stream(engine, request)
+            with lock:
+                streams.append(streamed)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    cpu, started = time.process_time(), time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return SideRun(streams, time.perf_counter() - started, time.process_time() - cpu)
+
+
 def load_engine(settings: Settings, clip_bytes: bytes) -> tuple[Engine, EngineRequest, float]:
     """The engine, a request like the clients', and the seconds of audio it makes."""
     engine, _ = build_engine(settings, EngineSlot.v3)
@@ -142,8 +209,7 @@ def load_engine(settings: Settings, clip_bytes: bytes) -> tuple[Engine, EngineRe
         voice_key="bench",
         language="en",
     )
-    audio_seconds = sum(len(c) for c in engine.synthesize(request)) / engine.info.sample_rate
-    return engine, request, audio_seconds
+    return engine, request, engine_stream(engine, request).audio_seconds
 
 
 # --- clients -----------------------------------------------------------------------------
@@ -194,7 +260,8 @@ def _connection_per_request(
     return client
 
 
-def http_client(target: Target) -> Client:
+def http_request(target: Target) -> bytes:
+    """The whole HTTP request of one chunked stream, on a connection of its own."""
     boundary = uuid.uuid4().hex
     fields = {"text": TEXT, "voice_id": target.voice_id, "format": "wav", "quality": "medium"}
     body = (
@@ -204,17 +271,19 @@ def http_client(target: Target) -> Client:
         )
         + f"--{boundary}--\r\n".encode()
     )
-    request = (
+    return (
         f"POST /api/v3/streaming/cross-lingual HTTP/1.1\r\nHost: {target.host}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
+
+def http_client(target: Target) -> Client:
     async def first_chunk(reader: asyncio.StreamReader) -> None:
         await reader.readline()  # the first chunk's size line
         await reader.readexactly(1)
 
-    return _connection_per_request(target, request, first_chunk)
+    return _connection_per_request(target, http_request(target), first_chunk)
 
 
 def sse_client(target: Target) -> Client:
@@ -264,6 +333,86 @@ def ws_client(target: Target) -> Client:
             yield send
 
     return client
+
+
+WAV_HEADER_BYTES = 44  # the streaming WAV header: RIFF, fmt, then data of unknown size
+
+
+def wav_byte_rate(header: bytes) -> int:
+    """Bytes per second of audio after a streaming WAV header."""
+    if header[:4] != b"RIFF" or header[36:40] != b"data":
+        raise RuntimeError(f"not a streaming WAV header: {header!r}")
+    (byte_rate,) = struct.unpack_from("<I", header, 28)
+    return int(byte_rate)
+
+
+def chunked_payload_bytes(body: bytes) -> int:
+    """Bytes carried by a whole chunked body; an error if it lacks its last chunk (the
+    server's sign that the stream failed after it started)."""
+    carried = position = 0
+    while True:
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            raise RuntimeError("the stream ended without its last chunk")
+        size = int(body[position:line_end].split(b";")[0], 16)
+        if size == 0:
+            return carried
+        carried += size
+        position = line_end + 2 + size + 2
+
+
+async def http_stream(target: Target, request: bytes) -> Streamed:
+    """One chunked stream on a new connection, read to its end. The body is read in large
+    blocks and its chunk framing parsed once at the end, to spend little of the shared
+    cores on the client side."""
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    started = time.perf_counter()
+    writer.write(request)
+    await _read_headers(reader)
+    size_line = await reader.readline()
+    header = await reader.readexactly(WAV_HEADER_BYTES)  # it leaves with the first audio
+    first_audio = time.perf_counter() - started
+    rest = []
+    while block := await reader.read(65536):
+        rest.append(block)
+    writer.close()
+    carried = chunked_payload_bytes(b"".join([size_line, header, *rest]))
+    return Streamed(first_audio, (carried - WAV_HEADER_BYTES) / wav_byte_rate(header))
+
+
+async def api_scaling_load(
+    target: Target, clients: int, requests: int
+) -> tuple[list[Streamed], float]:
+    """`clients` clients starting together, each streaming `requests` times in a row;
+    returns the streams and the wall seconds of the whole load."""
+    request = http_request(target)
+    streams: list[Streamed] = []
+
+    async def client() -> None:
+        for _ in range(requests):
+            streams.append(await http_stream(target, request))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return streams, time.perf_counter() - started
+
+
+CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads together (Linux)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS_PER_SECOND
+
+
+def api_scaling_side(server_pid: int, target: Target, clients: int, requests: int) -> SideRun:
+    """The API under a scaling load, with the CPU the server process spent on it."""
+    cpu = process_cpu_seconds(server_pid)
+    streams, wall = asyncio.run(api_scaling_load(target, clients, requests))
+    return SideRun(streams, wall, process_cpu_seconds(server_pid) - cpu)
 
 
 async def run_load(client: Client, load: Load, audio_seconds: float) -> list[float]:
@@ -354,6 +503,110 @@ def print_report(
     return ok
 
 
+@dataclass
+class SideTotal:
+    """One side of one client count, over every round."""
+
+    runs: list[SideRun] = field(default_factory=list)
+
+    @property
+    def first_audio(self) -> list[float]:
+        return [stream.first_audio for run in self.runs for stream in run.streams]
+
+    @property
+    def requests(self) -> int:
+        return sum(len(run.streams) for run in self.runs)
+
+    @property
+    def throughput(self) -> float:
+        """Seconds of audio delivered per wall second."""
+        audio = sum(stream.audio_seconds for run in self.runs for stream in run.streams)
+        return audio / sum(run.wall_seconds for run in self.runs)
+
+    @property
+    def cpu_per_request(self) -> float:
+        return sum(run.cpu_seconds for run in self.runs) / self.requests
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def print_scaling_report(
+    totals: dict[tuple[str, int], SideTotal], scale: list[int], requests: int, rounds: int
+) -> bool:
+    print(
+        f"\nscaling: N clients x {requests} streams each (HTTP chunked), {rounds} rounds, "
+        "the engine alone and the API taking turns"
+    )
+    print(
+        f"{'clients':>7}  {'side':<11}{'streams':>8}{'p50 ms':>9}{'p90 ms':>9}"
+        f"{'audio s/s':>11}{'CPU ms/req':>12}"
+    )
+    for clients in scale:
+        engine, api = totals["engine", clients], totals["api", clients]
+        for name, side in (("engine", engine), ("api", api)):
+            print(
+                f"{clients:>7}  {name:<11}{side.requests:>8}{ms(p50(side.first_audio)):>9.2f}"
+                f"{ms(p90(side.first_audio)):>9.2f}{side.throughput:>11.1f}"
+                f"{ms(side.cpu_per_request):>12.2f}"
+            )
+        print(
+            f"{'':>7}  {'api/engine':<11}{'':>8}"
+            f"{p50(api.first_audio) / p50(engine.first_audio):>8.2f}x"
+            f"{p90(api.first_audio) / p90(engine.first_audio):>8.2f}x"
+            f"{api.throughput / engine.throughput:>10.2f}x"
+            f"{api.cpu_per_request / engine.cpu_per_request:>11.2f}x"
+        )
+    print(
+        "CPU ms/req: engine = this process's CPU over the engine side; api = the server "
+        "process's CPU over the API side, the engine's work in it included"
+    )
+
+    ok = True
+    at = TARGET_SCALING_CLIENTS
+    print(
+        f"\nscaling target 1: at {at} clients, first byte p50 at most "
+        f"{TARGET_FIRST_AUDIO_RATIO:g}x the engine's first chunk under the same load"
+    )
+    if at in scale:
+        engine, api = totals["engine", at], totals["api", at]
+        ratio = p50(api.first_audio) / p50(engine.first_audio)
+        met = ratio <= TARGET_FIRST_AUDIO_RATIO
+        ok &= met
+        print(f"  {ratio:6.2f}x  {verdict(met)}")
+    else:
+        print(f"  {at} clients not in --scale: not checked")
+    print(
+        f"\nscaling target 2: at {at} clients, audio throughput at least "
+        f"{TARGET_THROUGHPUT_RATIO:g}x the engine alone's"
+    )
+    if at in scale:
+        ratio = totals["api", at].throughput / totals["engine", at].throughput
+        met = ratio >= TARGET_THROUGHPUT_RATIO
+        ok &= met
+        print(f"  {ratio:6.2f}x  {verdict(met)}")
+    else:
+        print(f"  {at} clients not in --scale: not checked")
+    print(
+        f"\nscaling target 3: the platform's own CPU per streamed request (the server's, "
+        f"less the engine's) at most {TARGET_CPU_RATIO:g}x the engine's own, at every client count"
+    )
+    for clients in scale:
+        engine, api = totals["engine", clients], totals["api", clients]
+        # The engine runs inside the server too: what it costs alone is not the platform's.
+        platform = api.cpu_per_request - engine.cpu_per_request
+        ratio = platform / engine.cpu_per_request
+        met = ratio <= TARGET_CPU_RATIO
+        ok &= met
+        print(
+            f"  {clients:>3} clients  server {ms(api.cpu_per_request):6.2f} - engine "
+            f"{ms(engine.cpu_per_request):6.2f} = platform {ms(platform):6.2f} ms  "
+            f"{ratio:6.2f}x  {verdict(met)}"
+        )
+    return ok
+
+
 # --- main --------------------------------------------------------------------------------
 
 PROTOCOLS = ("http", "sse", "ws")
@@ -371,12 +624,65 @@ async def serve_loads(target: Target, loads: list[Load], audio_seconds: float) -
     return served
 
 
+def run_scaling(
+    engine: Engine,
+    engine_request: EngineRequest,
+    server_pid: int,
+    target: Target,
+    scale: list[int],
+    requests: int,
+    rounds: int,
+) -> dict[tuple[str, int], SideTotal]:
+    """Every scaling load on both sides, the two taking turns, the order alternating from
+    round to round so that neither side always runs on the heels of the other."""
+
+    def engine_side(clients: int) -> SideRun:
+        return engine_scaling_load(engine, engine_request, clients, requests)
+
+    def api_side(clients: int) -> SideRun:
+        return api_scaling_side(server_pid, target, clients, requests)
+
+    sides: dict[str, Callable[[int], SideRun]] = {"engine": engine_side, "api": api_side}
+    for run in sides.values():  # voice features, first connections, engine threads
+        run(min(scale))
+    totals = {(side, clients): SideTotal() for side in sides for clients in scale}
+    for round_index in range(rounds):
+        order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+        for clients in scale:
+            for side in order:
+                totals[side, clients].runs.append(sides[side](clients))
+    return totals
+
+
+def client_counts(text: str) -> list[int]:
+    """`--scale`: comma-separated client counts, e.g. 1,4,16,64."""
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"client counts must be 1 or more: {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=6, help="requests per client and load")
     parser.add_argument("--clients", type=int, default=16, help="clients of the concurrent loads")
     parser.add_argument("--engine", default="espeak", help="ENGINE of the server and baseline")
+    parser.add_argument(
+        "--scale",
+        type=client_counts,
+        default=[1, 4, 16, 64],
+        help="client counts of the scaling section, comma-separated",
+    )
+    parser.add_argument(
+        "--scale-requests", type=int, default=4, help="streams per client of each scaling load"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the scaling section")
+    parser.add_argument(
+        "--only", choices=("latency", "scaling"), help="run one section (default: both)"
+    )
     args = parser.parse_args(argv)
+    latency = args.only in (None, "latency")
+    scaling = args.only in (None, "scaling")
     loads = [
         Load("1 client", 1, max(args.requests * 4, 16), paced=False),
         Load(f"{args.clients} listeners", args.clients, args.requests, paced=True),
@@ -386,10 +692,14 @@ def main(argv: list[str] | None = None) -> int:
     clip_path = write_clips() / ENGLISH.filename
     clip = clip_path.read_bytes()
     engine, engine_request, audio_seconds = load_engine(Settings(engine=args.engine), clip)
-    print(
-        f"{engine.info.model}; {audio_seconds:.2f} s of audio per request; "
-        f"{args.clients} clients x {args.requests} requests per concurrent load"
-    )
+    print(f"{engine.info.model}; {audio_seconds:.2f} s of audio per request")
+    if latency:
+        print(f"latency: {args.clients} clients x {args.requests} requests per concurrent load")
+    if scaling:
+        print(
+            f"scaling: {args.scale} clients x {args.scale_requests} streams, {args.rounds} rounds"
+        )
+    most_clients = max(([args.clients] if latency else []) + (args.scale if scaling else []))
 
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
         data_dir = Path(tmp)
@@ -397,27 +707,46 @@ def main(argv: list[str] | None = None) -> int:
             **embedded_env(data_dir),
             "ENGINE": args.engine,
             "LOG_LEVEL": "warning",
-            "MAX_CONCURRENT_STREAMS": str(args.clients * 2),
-            "SYNTHESIS_CONCURRENCY": str(args.clients),
+            # Every load's streams admitted at once, none queued behind a slot or refused.
+            "SYNTHESIS_CONCURRENCY": str(most_clients),
+            "MAX_CONCURRENT_STREAMS": str(most_clients * 2),
+            "MAX_QUEUED_SYNTHESES": str(most_clients),
         }
         server = ApiServer(data_dir, env).start()
         try:
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 voice_id = create_voice(http, clip_path, language="en", prefix="bench")
             target = Target("127.0.0.1", server.port, voice_id)
-            served = asyncio.run(serve_loads(target, loads, audio_seconds))
-            health = httpx.get(f"{server.url}/api/v3/streaming/health").json()
+            if latency:
+                served = asyncio.run(serve_loads(target, loads, audio_seconds))
+                health = httpx.get(f"{server.url}/api/v3/streaming/health").json()
+            if scaling:
+                # The server stays up while the engine side runs: it is idle then.
+                totals = run_scaling(
+                    engine,
+                    engine_request,
+                    server.pid,
+                    target,
+                    args.scale,
+                    args.scale_requests,
+                    args.rounds,
+                )
         finally:
             server.stop()
 
-    # The baseline runs with the server stopped, so each side had the cores to itself.
-    engine_first_chunk(engine, engine_request)
-    engine_samples = {
-        load.name: engine_under_load(engine, engine_request, load, audio_seconds) for load in loads
-    }
-    ok = print_report(loads, engine_samples, served)
-    print(f"\nserver-measured latency_ms (/streaming/health): {health['latency_ms']}")
-    print("all targets met" if ok else "some targets missed (see above)")
+    ok = True
+    if latency:
+        # The baseline runs with the server stopped, so each side had the cores to itself.
+        engine_stream(engine, engine_request)
+        engine_samples = {
+            load.name: engine_under_load(engine, engine_request, load, audio_seconds)
+            for load in loads
+        }
+        ok &= print_report(loads, engine_samples, served)
+        print(f"\nserver-measured latency_ms (/streaming/health): {health['latency_ms']}")
+    if scaling:
+        ok &= print_scaling_report(totals, args.scale, args.scale_requests, args.rounds)
+    print("\nall targets met" if ok else "\nsome targets missed (see above)")
     return 0 if ok else 1
 
 

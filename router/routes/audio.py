@@ -7,6 +7,7 @@ Built per version by `build_router(version)` like the other versioned route modu
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,6 +19,18 @@ from ..deps import RuntimeDep
 from ..errors import error_responses
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+async def _starting_with(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        if first:
+            yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def build_router(version: ApiVersion) -> APIRouter:
@@ -54,8 +67,18 @@ def build_router(version: ApiVersion) -> APIRouter:
         headers["Content-Length"] = str(end - start + 1 if info.size else 0)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers, media_type=info.content_type)
+        body = runtime.blobs.read_range(key, start, end)
+        try:
+            # The object is opened before the status line goes out: one removed since the
+            # `stat` (retention sweeps outputs) is a 404, not a body cut off midway. Once
+            # open, a store serves it whole even if it is removed meanwhile.
+            opening = await anext(body)
+        except NotFound:
+            raise AudioNotFound(filename) from None
+        except StopAsyncIteration:
+            opening = b""
         return StreamingResponse(
-            runtime.blobs.read_range(key, start, end),
+            _starting_with(opening, body),
             status_code=status,
             headers=headers,
             media_type=info.content_type,

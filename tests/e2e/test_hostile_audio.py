@@ -26,9 +26,10 @@ from tests.hostile_audio import (
     wav_claiming_huge_data,
 )
 
-pytestmark = embedded_only(
-    "clips are refused while they are decoded in the router, before any backend"
-)
+pytestmark = [
+    pytest.mark.quiet,
+    embedded_only("clips are refused while they are decoded in the router, before any backend"),
+]
 
 MAX_RSS_MB = 400
 MAX_HEALTH_S = 1.0

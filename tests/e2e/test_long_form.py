@@ -17,10 +17,13 @@ import soundfile as sf
 from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
 from tests.e2e.watch import ServerWatch
 
-pytestmark = pytest.mark.skipif(
-    PROFILE != "embedded",
-    reason="renders two hours of audio (over 60 s): embedded profile only",
-)
+pytestmark = [
+    pytest.mark.quiet,
+    pytest.mark.skipif(
+        PROFILE != "embedded",
+        reason="renders two hours of audio (over 60 s): embedded profile only",
+    ),
+]
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "
 CHARS = 100_000

@@ -13,11 +13,14 @@ import soundfile as sf
 from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
 from tests.e2e.watch import ServerWatch
 
-pytestmark = pytest.mark.skipif(
-    PROFILE == "predictor",
-    reason="the session's shared predictors keep the default MAX_QUEUED_SYNTHESES, so a "
-    "burst there renders dozens of 2,000-character requests (minutes)",
-)
+pytestmark = [
+    pytest.mark.quiet,
+    pytest.mark.skipif(
+        PROFILE == "predictor",
+        reason="the session's shared predictors keep the default MAX_QUEUED_SYNTHESES, so a "
+        "burst there renders dozens of 2,000-character requests (minutes)",
+    ),
+]
 
 BURST = 200
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "

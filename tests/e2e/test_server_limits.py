@@ -24,7 +24,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.e2e.conftest import ApiServer, ServerFactory, embedded_only
 from tests.e2e.watch import ServerWatch
 
-pytestmark = embedded_only("limits of the HTTP server itself, before any backend is reached")
+pytestmark = [
+    pytest.mark.quiet,
+    embedded_only("limits of the HTTP server itself, before any backend is reached"),
+]
 
 API_KEY = "secret123"
 HEAD_TIMEOUT = 2.0

@@ -23,6 +23,9 @@ from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory
 from tests.e2e.watch import ServerWatch
 from tests.hostile_audio import tone
 
+# The create race is watched for memory and /health: the module runs alone.
+pytestmark = pytest.mark.quiet
+
 ROUNDS = 50
 
 

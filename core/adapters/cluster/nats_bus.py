@@ -451,8 +451,7 @@ class NatsEventBus:
             if not self._closing or not dispatcher.cancelled():
                 raise
         finally:
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
+            await _stop(dispatcher)
             self._loops.discard(dispatcher)
 
     async def _dispatch(
@@ -470,12 +469,18 @@ class NatsEventBus:
             if not task.cancelled() and task.exception() is not None:
                 log.error("message handling crashed", exc_info=task.exception())
 
+        this = asyncio.current_task()
         try:
             while True:
                 await slots.acquire()
                 try:
                     await self._sink.wait_open()  # pull nothing while the sink is down
                     msg = await self._next_message(subscriptions)
+                    if this is not None and this.cancelling():
+                        # A cancellation the client's fetch swallowed (asyncio.wait_for
+                        # on 3.11 can, when it lands as a message arrives): honour it.
+                        # The message is not acked, so the bus delivers it again.
+                        raise asyncio.CancelledError
                 except BaseException:
                     slots.release()
                     raise
@@ -689,3 +694,13 @@ async def _settle(reply: Awaitable[None]) -> None:
         await reply
     except nats.errors.Error as exc:
         log.warning("could not settle a message: %r", exc)
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait for it, cancelling again while it runs: a cancellation can
+    be swallowed by a library call in progress (see `_dispatch`)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled():
+        task.exception()  # retrieved: its end is reported by whoever awaited it
