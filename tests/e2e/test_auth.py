@@ -216,6 +216,7 @@ def test_ws_key_in_the_query_or_a_header(keyed: ApiServer) -> None:
 # --- limits -----------------------------------------------------------------------
 
 
+@pytest.mark.quiet
 def test_rate_limit_answers_429_then_lets_the_key_in_again(
     http: httpx.Client, keyed: ApiServer
 ) -> None:
@@ -240,6 +241,7 @@ def test_rate_limit_answers_429_then_lets_the_key_in_again(
     assert http.get(VOICES, headers=burst).status_code == 200
 
 
+@pytest.mark.quiet
 def test_concurrency_limit_answers_429_while_a_request_is_in_flight(
     http: httpx.Client, keyed: ApiServer
 ) -> None:

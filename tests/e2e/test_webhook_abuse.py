@@ -168,6 +168,7 @@ def start_task(http: httpx.Client, voice: str, callback_url: str) -> str:
 # --- receivers that hold or flood ----------------------------------------------------------
 
 
+@pytest.mark.quiet
 def test_a_trickling_receiver_cannot_hold_a_delivery_open(
     abuse_server: ApiServer, http: httpx.Client, voice: str, trickler: HostileReceiver
 ) -> None:
@@ -187,6 +188,7 @@ def test_a_trickling_receiver_cannot_hold_a_delivery_open(
     watch.assert_healthy(max_rss_mb=400, max_health_s=1.0)
 
 
+@pytest.mark.quiet
 def test_a_huge_answer_is_never_read(
     abuse_server: ApiServer, http: httpx.Client, voice: str, flooder: HostileReceiver
 ) -> None:
