@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..audio.dsp import join_segments
 from ..audio.encode import CONTENT_TYPES, encode_audio
 from ..audio.file_writer import AudioFileWriter
 from ..domain import (
@@ -52,6 +53,10 @@ BeforeStore = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 # Audio this short is written as WAV on the event loop (about a millisecond at most).
 _INLINE_WAV_SECONDS = 20
+# Texts up to this long (about half a minute of speech, a few MB of samples) are joined
+# and encoded in memory: a temporary file and its copy into the store would cost more
+# than the encoding. Longer ones stream through `AudioFileWriter`, so memory stays flat.
+_IN_MEMORY_CHARS = 500
 
 # Encoding has threads of its own: in asyncio's default pool, seconds of MP3 encoding
 # would queue the database and blob-store calls (and /health with them) behind it.
@@ -228,20 +233,14 @@ class SynthesisService:
         await self.ensure_ready(version)
         rate = request.sample_rate or self.sample_rate
         request = replace(request, sample_rate=rate)
-        if len(segments) == 1:
+        if len(request.text) <= _IN_MEMORY_CHARS:
             return await self._render_short(
-                version, request, fmt, filename, started, on_progress, before_store
+                version, request, segments, fmt, filename, started, on_progress, before_store
             )
         writer: AudioFileWriter | None = None
         try:
             for index, segment in enumerate(segments, start=1):
-                part = replace(
-                    request,
-                    text=segment,
-                    background=request.background or index > 1,
-                    stream=False,  # joined into a file: no early first chunk needed
-                )
-                pieces = [chunk.samples async for chunk in self.stream(version, part)]
+                pieces = await self._segment(version, request, segment, index)
                 last = index == len(segments)
                 if writer is None and pieces:
                     writer = await _off_loop(_open_and_add, fmt, rate, pieces, last)
@@ -265,28 +264,46 @@ class SynthesisService:
             size=writer.size,
         )
 
+    async def _segment(
+        self, version: ApiVersion, request: SynthesisRequest, text: str, index: int
+    ) -> list[np.ndarray]:
+        """The chunks of one segment. Only the first can be refused for a full queue."""
+        part = replace(
+            request,
+            text=text,
+            background=request.background or index > 1,
+            stream=False,  # joined into a file: no early first chunk needed
+        )
+        return [chunk.samples async for chunk in self.stream(version, part)]
+
     async def _render_short(
         self,
         version: ApiVersion,
         request: SynthesisRequest,
+        segments: list[str],
         fmt: AudioFormat,
         filename: str,
         started: float,
         on_progress: ProgressCallback | None,
         before_store: BeforeStore | None,
     ) -> RenderResult:
-        """One segment (every synchronous request): small enough to encode in memory,
-        which spares the temporary file and its copy on the hot path."""
-        part = replace(request, stream=False)
-        pieces = [chunk.samples async for chunk in self.stream(version, part)]
-        if not pieces:
+        """A short text (most synchronous requests): joined and encoded in memory, which
+        spares the temporary file and its copy on the hot path."""
+        rendered: list[np.ndarray] = []
+        for index, segment in enumerate(segments, start=1):
+            pieces = await self._segment(version, request, segment, index)
+            if pieces:
+                rendered.append(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
+            if on_progress is not None and index < len(segments):
+                await on_progress(index / len(segments))
+        if not rendered:
             raise SynthesisFailed("the engine produced no audio")
         rate = request.sample_rate or self.sample_rate
-        if fmt is AudioFormat.wav and sum(p.size for p in pieces) < rate * _INLINE_WAV_SECONDS:
+        if fmt is AudioFormat.wav and sum(p.size for p in rendered) < rate * _INLINE_WAV_SECONDS:
             # A WAV file is a header and a copy: cheaper than the hop to a thread.
-            samples, data = _encode_whole(pieces, rate, fmt)
+            samples, data = _encode_whole(rendered, rate, fmt)
         else:
-            samples, data = await _off_loop(_encode_whole, pieces, rate, fmt)
+            samples, data = await _off_loop(_encode_whole, rendered, rate, fmt)
         if before_store is not None:
             await before_store(round(samples / rate, 3))
         await self._blobs.put(output_key(filename), data, CONTENT_TYPES[fmt.value])
@@ -301,8 +318,9 @@ class SynthesisService:
         )
 
 
-def _encode_whole(pieces: list[np.ndarray], rate: int, fmt: AudioFormat) -> tuple[int, bytes]:
-    audio = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+def _encode_whole(segments: list[np.ndarray], rate: int, fmt: AudioFormat) -> tuple[int, bytes]:
+    """Segments joined under the same crossfade as `AudioFileWriter`, then encoded."""
+    audio = join_segments(segments, rate) if len(segments) > 1 else segments[0]
     return audio.size, encode_audio(audio, rate, fmt)
 
 
