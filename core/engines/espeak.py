@@ -162,7 +162,10 @@ class _Library:
 
     def _on_audio(self, wav: Any, count: int, _events: Any) -> int:
         if count > 0 and wav:
-            self._collected.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+            # One copy out of espeak's buffer (it reuses it). `np.ctypeslib.as_array` would
+            # build a new ctypes array type per call: a quarter of the engine's CPU.
+            samples = np.frombuffer(ctypes.string_at(wav, count * 2), dtype=np.int16)
+            self._collected.append(samples)
         return 0  # 0 = go on
 
     def speak(self, text: str, settings: VoiceSettings) -> np.ndarray:
