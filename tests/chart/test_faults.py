@@ -161,6 +161,10 @@ def cluster(chart: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
             "extraEnv": {
                 # A killed render's lease runs out soon, so the test need not wait minutes.
                 "TASK_LEASE_SECONDS": "6",
+                # A task retaken after a kill is the first to run again, so it is often
+                # the one in flight at the next kill: three kills of one task are what
+                # the default of three attempts fails as a task that kills its worker.
+                "TASK_MAX_ATTEMPTS": "5",
                 "JETSTREAM_SINK_BACKOFF_MAX": "2",
             },
         }
