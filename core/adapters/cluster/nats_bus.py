@@ -504,7 +504,10 @@ class NatsEventBus:
         consumers are polled in order as well.
         """
         timeout = self._poll_interval if len(subscriptions) > 1 else _IDLE_FETCH_TIMEOUT
+        this = asyncio.current_task()
         while True:
+            if this is not None and this.cancelling():
+                raise asyncio.CancelledError  # swallowed by a fetch that then timed out
             try:
                 if len(subscriptions) > 1:
                     for subscription in await self._with_pending(subscriptions):
