@@ -469,18 +469,12 @@ class NatsEventBus:
             if not task.cancelled() and task.exception() is not None:
                 log.error("message handling crashed", exc_info=task.exception())
 
-        this = asyncio.current_task()
         try:
             while True:
                 await slots.acquire()
                 try:
                     await self._sink.wait_open()  # pull nothing while the sink is down
                     msg = await self._next_message(subscriptions)
-                    if this is not None and this.cancelling():
-                        # A cancellation the client's fetch swallowed (asyncio.wait_for
-                        # on 3.11 can, when it lands as a message arrives): honour it.
-                        # The message is not acked, so the bus delivers it again.
-                        raise asyncio.CancelledError
                 except BaseException:
                     slots.release()
                     raise
@@ -504,10 +498,7 @@ class NatsEventBus:
         consumers are polled in order as well.
         """
         timeout = self._poll_interval if len(subscriptions) > 1 else _IDLE_FETCH_TIMEOUT
-        this = asyncio.current_task()
         while True:
-            if this is not None and this.cancelling():
-                raise asyncio.CancelledError  # swallowed by a fetch that then timed out
             try:
                 if len(subscriptions) > 1:
                     for subscription in await self._with_pending(subscriptions):
@@ -536,7 +527,13 @@ class NatsEventBus:
         try:
             (msg,) = await subscription.fetch(1, timeout=wait)
         except nats.errors.TimeoutError:
-            return None
+            msg = None
+        this = asyncio.current_task()
+        if this is not None and this.cancelling():
+            # A cancellation the fetch swallowed (asyncio.wait_for on 3.11 can, when it
+            # lands as the fetch ends): honour it. A message fetched meanwhile is not
+            # acked, so the bus delivers it again.
+            raise asyncio.CancelledError
         return msg
 
     # --- message handling ----------------------------------------------------------
