@@ -17,7 +17,8 @@ event loop for 27 s), and a connection that sends one byte a second is never tim
 
 A refused connection sends its answer, shuts its sending side and stops reading; it is
 closed a moment later, so the client can read the answer before the socket goes away,
-while the server spends nothing on the bytes still coming.
+while the server spends nothing on the bytes still coming. The same class gives each
+request the send of `chunk_framing` (many HTTP chunks in one write).
 
 `LimitedWebSocketProtocol` (the `websockets` sans-I/O protocol) answers each ping with a
 pong as the protocol requires, but a client that sends pings without reading the pongs
@@ -39,6 +40,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from core.settings import Settings
+
+from .chunk_framing import with_chunk_framing
 
 log = logging.getLogger("router.http_limits")
 
@@ -153,6 +156,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._body_started = self._window_started = now
             self._window_bytes = 0
             self._body_timer = self.loop.call_later(self._window(), self._check_body)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # Each request's application gets the send that frames many chunks in one write.
+        framing_app: Any = with_chunk_framing(app, cycle)  # starlette's ASGI types
+        super()._start_asgi_task(cycle, framing_app)
 
     def on_message_complete(self) -> None:
         self._cancel_body_timer()

@@ -54,6 +54,10 @@ ESPEAK_VOICES: dict[str, str] = {
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000  # report a missing data path instead of calling exit()
+# Audio handed to the callback at a time. Each callback takes the GIL; at espeak's
+# default of 60 ms a busy server's event loop made the engine thread wait for it about
+# 70 times per 4 s utterance. Whole utterances are collected anyway.
+_BUFFER_MS = 1000
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _ENDPAUSE = 0x1000  # a sentence-final pause, so chunks join naturally
@@ -149,7 +153,9 @@ class _Library:
         lib.espeak_Synth.restype = ctypes.c_int
 
         data_path = espeakng_loader.get_data_path().encode()
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, _INITIALIZE_DONT_EXIT)
+        rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, data_path, _INITIALIZE_DONT_EXIT
+        )
         if rate <= 0:
             raise EngineNotReady(f"espeak-ng could not initialise with data at {data_path!r}")
         self.lib = lib

@@ -55,8 +55,10 @@ def test_wav_is_16_bit_pcm() -> None:
 
 
 def test_overshoot_clips_instead_of_wrapping() -> None:
-    pcm = float_to_pcm16(np.array([1.5, -1.5, 1.0, -1.0, 0.0, np.nan], dtype=np.float32))
-    assert pcm.tolist() == [32767, -32767, 32767, -32767, 0, 0]
+    pcm = float_to_pcm16(
+        np.array([1.5, -1.5, 1.0, -1.0, 0.0, np.nan, np.inf, -np.inf], dtype=np.float32)
+    )
+    assert pcm.tolist() == [32767, -32767, 32767, -32767, 0, 0, 32767, -32767]
 
 
 def test_unknown_format_is_invalid_input() -> None:
