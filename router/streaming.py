@@ -32,6 +32,7 @@ import numpy as np
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from core.audio.encode import float_to_pcm16
 from core.audio.stream import open_stream_encoder, self_contained_chunk
 from core.domain import ApiVersion
 from core.errors import CosyVoiceError, InvalidInput, NotFound, SynthesisFailed, Unavailable
@@ -105,13 +106,13 @@ def to_base64(data: bytes) -> str:
 @dataclass(frozen=True)
 class AudioPiece:
     index: int  # 1-based
-    samples: np.ndarray  # mono float32; empty only for a bare end marker
+    pcm: np.ndarray  # mono 16-bit PCM; empty only for a bare end marker
     sample_rate: int
     is_final: bool
 
     @property
     def duration(self) -> float:
-        return len(self.samples) / self.sample_rate
+        return len(self.pcm) / self.sample_rate
 
 
 class _Lookahead:
@@ -211,28 +212,30 @@ class AudioStream:
                 chunk = await self._feed.next()
             if chunk is None:
                 break
-            samples = chunk.samples
-            for start in range(0, len(samples), self._piece_samples):
+            # Made by the engine thread; converted here (once per chunk) only for audio
+            # from elsewhere, a predictor's.
+            pcm = chunk.pcm16 if chunk.pcm16 is not None else float_to_pcm16(chunk.samples)
+            for start in range(0, len(pcm), self._piece_samples):
                 if self.pieces_sent:
                     # Sending never waits while the client keeps up, so without this turn
                     # one stream would send a whole chunk's pieces while other streams'
                     # first audio waits; the first piece itself leaves without one.
                     await asyncio.sleep(0)
-                part = samples[start : start + self._piece_samples]
-                final = start + self._piece_samples >= len(samples) and self._feed.at_end
+                part = pcm[start : start + self._piece_samples]
+                final = start + self._piece_samples >= len(pcm) and self._feed.at_end
                 final_sent = final
                 yield self._piece(part, final)
         self.finished_at = time.perf_counter()
         if not final_sent:
             # The end became known only after the last audio left: say so without audio.
-            yield self._piece(np.zeros(0, dtype=np.float32), True)
+            yield self._piece(np.zeros(0, dtype=np.int16), True)
 
-    def _piece(self, samples: np.ndarray, is_final: bool) -> AudioPiece:
-        if samples.size:
+    def _piece(self, pcm: np.ndarray, is_final: bool) -> AudioPiece:
+        if pcm.size:
             self._ticket.first_audio()
         self.pieces_sent += 1
-        self.samples_sent += len(samples)
-        return AudioPiece(self.pieces_sent, samples, self.sample_rate, is_final)
+        self.samples_sent += len(pcm)
+        return AudioPiece(self.pieces_sent, pcm, self.sample_rate, is_final)
 
     async def aclose(self) -> None:
         """Stop the synthesis (if still running) and give the stream's slot back."""
@@ -367,7 +370,7 @@ async def _file_body(stream: AudioStream, fmt: str) -> AsyncIterator[bytes]:
     try:
         pending = encoder.header()
         async for piece in stream.pieces():
-            data = pending + encoder.encode(piece.samples) if piece.samples.size else pending
+            data = pending + encoder.encode(piece.pcm) if piece.pcm.size else pending
             pending = b""
             if data:
                 yield data
@@ -444,7 +447,7 @@ async def _sse_body(
             ),
         )
         async for piece in stream.pieces():
-            audio = self_contained_chunk(piece.samples, piece.sample_rate, fmt)
+            audio = self_contained_chunk(piece.pcm, piece.sample_rate, fmt)
             total_bytes += len(audio)
             yield events.event(
                 "audio_chunk",

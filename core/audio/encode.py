@@ -47,13 +47,27 @@ def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     return scaled.astype("<i2")
 
 
+def as_pcm16(samples: np.ndarray) -> np.ndarray:
+    """16-bit PCM as it is; float samples converted (`float_to_pcm16`)."""
+    if samples.dtype == np.int16:
+        return samples.reshape(-1)
+    return float_to_pcm16(samples)
+
+
+def as_float32(samples: np.ndarray) -> np.ndarray:
+    """Float samples as they are; 16-bit PCM scaled back to [-1, 1]."""
+    if samples.dtype == np.int16:
+        return samples.reshape(-1).astype(np.float32) / np.float32(32767.0)
+    return np.asarray(samples, dtype=np.float32).reshape(-1)
+
+
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: AudioFormat | str) -> bytes:
     """One complete audio file: 16-bit PCM WAV, 16-bit FLAC, or ~128 kbps mono MP3."""
     try:
         audio_format = AudioFormat(fmt)
     except ValueError:
         raise InvalidInput(f"unknown audio format {fmt!r}; use wav, mp3 or flac") from None
-    pcm = float_to_pcm16(samples)
+    pcm = as_pcm16(samples)
     if audio_format is AudioFormat.mp3:
         return _encode_mp3(pcm, sample_rate)
     if audio_format is AudioFormat.wav:

@@ -31,7 +31,7 @@ import soxr
 
 from ..domain import AudioFormat
 from ..errors import InvalidInput
-from .encode import CONTENT_TYPES, encode_audio, float_to_pcm16, new_mp3_encoder, wav_header
+from .encode import CONTENT_TYPES, as_float32, as_pcm16, encode_audio, new_mp3_encoder, wav_header
 
 _STREAMABLE = ("wav", "mp3", "flac", "pcm", "opus", "aac")
 # libFLAC's fastest preset: its 1152-sample blocks (52 ms at 22.05 kHz) are the audio an
@@ -50,7 +50,11 @@ AAC_MISSING = (
 
 
 class StreamEncoder(Protocol):
-    """Turns successive float chunks into the bytes of one continuous stream."""
+    """Turns successive chunks into the bytes of one continuous stream.
+
+    A chunk is mono samples, 16-bit PCM or float in [-1, 1]: a stream hands over the PCM
+    its engine thread already made, so the event loop converts nothing.
+    """
 
     content_type: str
 
@@ -58,8 +62,8 @@ class StreamEncoder(Protocol):
         """Bytes that precede the first chunk (may be empty)."""
 
     def encode(self, samples: np.ndarray) -> bytes:
-        """Bytes for one chunk of mono float32 samples (may be empty for MP3 until a
-        whole frame is buffered)."""
+        """Bytes for one chunk of mono samples, int16 or float32 (may be empty for MP3
+        until a whole frame is buffered)."""
 
     def finish(self) -> bytes:
         """Whatever the encoder still holds; call once, after the last chunk."""
@@ -77,7 +81,7 @@ class PcmStreamEncoder:
         return b""
 
     def encode(self, samples: np.ndarray) -> bytes:
-        return float_to_pcm16(samples).tobytes()
+        return as_pcm16(samples).tobytes()
 
     def finish(self) -> bytes:
         return b""
@@ -105,7 +109,7 @@ class Mp3StreamEncoder:
         return b""
 
     def encode(self, samples: np.ndarray) -> bytes:
-        pcm = float_to_pcm16(samples)
+        pcm = as_pcm16(samples)
         return bytes(self._encoder.encode(pcm.tobytes())) if pcm.size else b""
 
     def finish(self) -> bytes:
@@ -181,7 +185,7 @@ class FlacStreamEncoder:
         return b""  # libsndfile writes the header with the first samples
 
     def encode(self, samples: np.ndarray) -> bytes:
-        pcm = float_to_pcm16(samples)
+        pcm = as_pcm16(samples)
         if pcm.size:
             self._file.write(pcm)
         return self._sink.take()
@@ -223,7 +227,7 @@ class OpusStreamEncoder:
         return b""  # libsndfile writes the Opus headers with the first page
 
     def encode(self, samples: np.ndarray) -> bytes:
-        audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+        audio = as_float32(samples)
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio)
         if audio.size:
@@ -291,7 +295,7 @@ class AacStreamEncoder:
         return b""
 
     def encode(self, samples: np.ndarray) -> bytes:
-        audio = np.clip(np.asarray(samples, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
+        audio = np.clip(as_float32(samples).reshape(1, -1), -1.0, 1.0)
         if audio.size:
             frame = self._av.AudioFrame.from_ndarray(audio, format="flt", layout="mono")
             frame.sample_rate = self.sample_rate
@@ -333,12 +337,12 @@ def self_contained_chunk(samples: np.ndarray, sample_rate: int, fmt: str) -> byt
     """One chunk a client can decode on its own (SSE `audio_chunk`, WebSocket frame)."""
     name = _stream_format(fmt)
     if name == "pcm":
-        return float_to_pcm16(samples).tobytes()
+        return as_pcm16(samples).tobytes()
     if name in ("wav", "flac"):
         return encode_audio(samples, sample_rate, AudioFormat(name))
     if name in ("opus", "aac"):
         encoder = open_stream_encoder(name, sample_rate)
         return encoder.header() + encoder.encode(samples) + encoder.finish()
     encoder = new_mp3_encoder(sample_rate)
-    pcm = float_to_pcm16(samples)
+    pcm = as_pcm16(samples)
     return bytes(encoder.encode(pcm.tobytes())) + bytes(encoder.flush())

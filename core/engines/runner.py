@@ -40,6 +40,7 @@ import numpy as np
 import soxr
 
 from .. import metrics
+from ..audio.encode import float_to_pcm16
 from ..errors import Busy, CosyVoiceError, EngineNotReady, Overloaded, SynthesisFailed
 from ..ports import AudioChunk, Clip, EngineInfo, SynthesisRequest
 from .base import Engine, EngineRequest
@@ -215,7 +216,8 @@ class EngineRunner:
         # From here on the engine thread owns the slot: it is given back when the thread
         # has closed the engine's generator, not when the consumer leaves.
         native_rate = self._engine.info.sample_rate
-        # Resampled in the engine thread, so the event loop never does signal work.
+        # Resampled (and made 16-bit PCM) in the engine thread: the event loop does no
+        # signal work.
         resampler = _ChunkResampler(native_rate, request.sample_rate or native_rate)
         call = _Call(loop, self._buffered_chunks, next(self._numbers), resampler)
         self._calls.add(call)
@@ -283,11 +285,11 @@ class EngineRunner:
                 if kind == "end":
                     return
                 call.credits.release()
-                samples = payload
+                samples, pcm16 = payload
                 if first:
                     first = False
                     self._record_first_chunk(loop.time() - started)
-                yield AudioChunk(samples=samples, sample_rate=target_rate)
+                yield AudioChunk(samples=samples, sample_rate=target_rate, pcm16=pcm16)
         finally:
             call.cancel.set()
 
@@ -391,12 +393,12 @@ class _Call:
                     continue
                 if not self._wait_for_credit():
                     return
-                self._post(("chunk", audio))
+                self._post(("chunk", (audio, float_to_pcm16(audio))))
             tail = self.resampler.flush()
             if tail.size:
                 if not self._wait_for_credit():
                     return
-                self._post(("chunk", tail))
+                self._post(("chunk", (tail, float_to_pcm16(tail))))
             self._post(("end", None))
         except BaseException as exc:
             self._post(("error", exc))

@@ -211,7 +211,7 @@ async def _audio_body(stream: AudioStream, encoder: StreamEncoder) -> AsyncItera
         if header := encoder.header():
             yield header
         async for piece in stream.pieces():
-            if piece.samples.size and (data := encoder.encode(piece.samples)):
+            if piece.pcm.size and (data := encoder.encode(piece.pcm)):
                 yield data
         if tail := encoder.finish():
             yield tail
@@ -237,8 +237,8 @@ async def _sse_body(
     try:
         pending = encoder.header()
         async for piece in stream.pieces():
-            if piece.samples.size:
-                pending += encoder.encode(piece.samples)
+            if piece.pcm.size:
+                pending += encoder.encode(piece.pcm)
             if pending:
                 yield _delta(events, pending)
                 pending = b""

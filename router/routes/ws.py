@@ -231,7 +231,7 @@ class StreamConnection:
                 )
             )
             async for piece in stream.pieces():
-                audio = self_contained_chunk(piece.samples, piece.sample_rate, fmt)
+                audio = self_contained_chunk(piece.pcm, piece.sample_rate, fmt)
                 await self._send(
                     AudioChunkMessage(
                         request_id=request_id,
