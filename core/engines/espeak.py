@@ -162,6 +162,7 @@ class _Library:
         self.sample_rate = rate
         self.version = (lib.espeak_Info(None) or b"").decode() or "unknown"
         self._collected: list[np.ndarray] = []
+        self._applied: VoiceSettings | None = None  # what the library is set to now
         # Kept on the instance: ctypes must not free the callback while C holds it.
         self._callback = _SynthCallback(self._on_audio)
         lib.espeak_SetSynthCallback(self._callback)
@@ -176,15 +177,7 @@ class _Library:
 
     def speak(self, text: str, settings: VoiceSettings) -> np.ndarray:
         """Int16 samples of one utterance. The caller holds _LIBRARY_LOCK."""
-        if self.lib.espeak_SetVoiceByName(settings.voice.encode()) != 0:
-            raise SynthesisFailed(f"espeak-ng has no voice {settings.voice!r}")
-        for parameter, value in (
-            (_PARAM_RATE, settings.rate),
-            (_PARAM_PITCH, settings.pitch),
-            (_PARAM_RANGE, settings.pitch_range),
-            (_PARAM_VOLUME, settings.volume),
-        ):
-            self.lib.espeak_SetParameter(parameter, value, 0)
+        self._apply(settings)
         encoded = text.encode("utf-8")
         self._collected = []
         status = self.lib.espeak_Synth(
@@ -194,6 +187,28 @@ class _Library:
             raise SynthesisFailed(f"espeak-ng failed to synthesize (error {status})")
         collected, self._collected = self._collected, []
         return np.concatenate(collected) if collected else np.zeros(0, dtype=np.int16)
+
+    def _apply(self, settings: VoiceSettings) -> None:
+        """Set the voice and parameters, unless they are set already.
+
+        Each ctypes call lets go of the GIL and waits to get it back, up to the
+        interpreter's switch interval (5 ms) when the event loop is busy, all the while
+        holding the library lock that every other synthesis waits for. Consecutive
+        sentences and requests of one voice need none of these calls.
+        """
+        if settings == self._applied:
+            return
+        self._applied = None  # until every call below has gone through
+        if self.lib.espeak_SetVoiceByName(settings.voice.encode()) != 0:
+            raise SynthesisFailed(f"espeak-ng has no voice {settings.voice!r}")
+        for parameter, value in (
+            (_PARAM_RATE, settings.rate),
+            (_PARAM_PITCH, settings.pitch),
+            (_PARAM_RANGE, settings.pitch_range),
+            (_PARAM_VOLUME, settings.volume),
+        ):
+            self.lib.espeak_SetParameter(parameter, value, 0)
+        self._applied = settings
 
 
 _LIBRARY_LOCK = threading.Lock()

@@ -16,7 +16,7 @@ from core.engines import espeak
 from core.engines.base import EngineRequest
 from core.engines.espeak import EspeakEngine, EspeakVoiceFeatures
 from core.engines.text import SUPPORTED_LANGUAGES
-from core.errors import EngineNotReady, InvalidInput
+from core.errors import EngineNotReady, InvalidInput, SynthesisFailed
 from core.ports import Clip
 
 RATE = 22050
@@ -136,6 +136,23 @@ def test_double_speed_halves_the_duration(
     slow = seconds(speak(engine, english_voice, text, speed=0.5))
     assert fast / normal == pytest.approx(0.5, abs=0.125)
     assert slow / normal == pytest.approx(2.0, abs=0.5)
+    # The library keeps the last voice settings: going back must set them again.
+    again = seconds(speak(engine, english_voice, text, speed=1.0))
+    assert again == pytest.approx(normal, rel=0.05)
+
+
+def test_a_refused_voice_leaves_the_next_request_correct(
+    engine: EspeakEngine, english_voice: tuple[Clip, EspeakVoiceFeatures]
+) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    slow = seconds(speak(engine, english_voice, text, speed=0.5))
+    library = espeak._load_library()
+    broken = espeak.VoiceSettings(
+        voice="no-such-voice", rate=450, pitch=50, pitch_range=50, volume=100
+    )
+    with espeak._LIBRARY_LOCK, pytest.raises(SynthesisFailed):
+        library.speak(text, broken)
+    assert seconds(speak(engine, english_voice, text, speed=0.5)) == pytest.approx(slow, rel=0.05)
 
 
 def test_longer_text_gives_longer_audio(
