@@ -3,7 +3,8 @@
 `COSYVOICE_TEST_PROFILE` picks what stands behind the API: `embedded` (SQLite, files,
 in-process bus and engine), `cluster` (MongoDB-, S3- and NATS-speaking servers started
 here from wheels) or `predictor` (the engine in a KServe model server process, called
-over HTTP). The tests are the same in every profile.
+over HTTP); `cosyvoice` (v3 on upstream's real code, `make test-upstream-api`) is run apart.
+The tests are the same in every profile.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ def profile_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         from tests.e2e.profiles import predictor_profile
 
         with predictor_profile(tmp_path_factory.mktemp("predictor")) as env:
+            yield env
+    elif PROFILE == "cosyvoice":
+        from tests.e2e.profiles import cosyvoice_profile
+
+        with cosyvoice_profile(tmp_path_factory.mktemp("cosyvoice")) as env:
             yield env
     else:
         raise pytest.UsageError(f"unknown COSYVOICE_TEST_PROFILE {PROFILE!r}")

@@ -8,11 +8,15 @@ own NATS (so servers with separate databases never take each other's renders).
 `cosyvoice-api predictor` process (a real KServe model server, development engine),
 called over HTTP by every API server of the session, with one blob store shared by all
 of them — the predictors read stored samples by key and persist voice features there.
+
+`cosyvoice_profile` (not part of `make test`) serves v3 with the CosyVoice engine on
+upstream's real code and a tiny random-weight model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -20,10 +24,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.servers import MongoServer, NatsServer, S3Server, ServerProcess
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class PredictorProcess(ServerProcess):
@@ -41,11 +47,13 @@ class PredictorProcess(ServerProcess):
         engine: str = "espeak",
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        bin_dir: Path = BIN,
     ) -> None:
         super().__init__(work_dir, port, env)
         self.model_name = model_name
         self.engine = engine
         self.extra_args = extra_args
+        self.bin_dir = bin_dir
 
     @property
     def work_dir(self) -> Path:
@@ -57,7 +65,7 @@ class PredictorProcess(ServerProcess):
 
     def command(self) -> list[str]:
         return [
-            str(BIN / "cosyvoice-api"),
+            str(self.bin_dir / "cosyvoice-api"),
             "predictor",
             "--model-name",
             self.model_name,
@@ -101,6 +109,46 @@ def predictor_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
     finally:
         for predictor in predictors.values():
             predictor.stop()
+
+
+@contextlib.contextmanager
+def cosyvoice_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
+    """v3 on the CosyVoice engine in the API's own process: upstream's code (COSYVOICE_HOME)
+    and the tiny random-weight model of `make test-upstream` (CV3TINY_MODEL); v1/v2 on an
+    espeak predictor run from the project's own environment (upstream's lacks KServe).
+
+    Run under upstream's Python (`make test-upstream-api`), so that the API servers the
+    tests start have torch. The tiny model speaks noise, 0.8 s of it per text token.
+    """
+    home, model = os.environ.get("COSYVOICE_HOME"), os.environ.get("CV3TINY_MODEL")
+    if not home or not model or not (Path(model) / ".complete").is_file():
+        raise pytest.UsageError(
+            "the cosyvoice profile needs COSYVOICE_HOME and CV3TINY_MODEL (a model built by "
+            "`make test-upstream`); run it with `make test-upstream-api`"
+        )
+    project_bin = Path(os.environ.get("PROJECT_BIN", str(REPO / ".venv" / "bin")))
+    # One blob store for the API servers and the predictor, which reads samples by key.
+    blob_url = f"file://{tmp_dir / 'blobs'}"
+    v2 = PredictorProcess(
+        "cosyvoice2",
+        tmp_dir,
+        {"BLOB_STORE_URL": blob_url, "LOG_LEVEL": "info"},
+        bin_dir=project_bin,
+    )
+    try:
+        v2.launch()
+        v2.wait_until_ready()
+        yield {
+            "BLOB_STORE_URL": blob_url,
+            "ENGINE": "cosyvoice",
+            "COSYVOICE_HOME": str(Path(home).resolve()),
+            "MODEL_DIR_V3": str(Path(model).resolve()),
+            "AUTO_DOWNLOAD_MODELS": "false",
+            "PREDICTOR_URL_V2": v2.url,
+            "PREDICTOR_MODEL_V2": v2.model_name,
+        }
+    finally:
+        v2.stop()
 
 
 @contextlib.contextmanager
