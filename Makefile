@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test test-upstream test-upstream-api install install-test lint format bench clean images
+.PHONY: serve test test-upstream test-upstream-api cv3tiny-model install install-test lint format bench clean images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ CV3TINY ?= ../shared/tools/cv3tiny
 UPSTREAM_CACHE ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/cosyvoice-serving,tests/.cache)
 CV3TINY_MODEL ?= $(UPSTREAM_CACHE)/cv3tiny/model_long
 
-test-upstream:             ## CosyVoice adapter tests on upstream's code and a tiny model
+cv3tiny-model:
 	@if [ -n "$(COSYVOICE_HOME)" ] && [ ! -f "$(CV3TINY_MODEL)/.complete" ]; then \
 		echo "building the tiny CosyVoice3 model into $(CV3TINY_MODEL)"; \
 		rm -rf "$(CV3TINY_MODEL)"; \
@@ -46,15 +46,17 @@ test-upstream:             ## CosyVoice adapter tests on upstream's code and a t
 			$(UPSTREAM_PYTHON) $(CV3TINY)/build_tiny.py --home "$(COSYVOICE_HOME)" \
 			--out "$(CV3TINY_MODEL)" --no-stop && touch "$(CV3TINY_MODEL)/.complete"; \
 	fi
+
+test-upstream: cv3tiny-model  ## CosyVoice adapter tests on upstream's code and a tiny model
 	CV3TINY_MODEL="$(CV3TINY_MODEL)" $(UPSTREAM_PYTHON) -m pytest -p no:cacheprovider \
 		-m upstream tests/upstream
 
 # The API suite with v3 on the CosyVoice engine (upstream's code, the tiny model built by
-# test-upstream), v1/v2 on an espeak predictor from this project's .venv. Slow on a CPU:
+# cv3tiny-model), v1/v2 on an espeak predictor from this project's .venv. Slow on a CPU:
 # the tiny model speaks 0.8 s of noise per text token. E2E_TESTS narrows it.
 E2E_TESTS ?= tests/e2e
-test-upstream-api: test-upstream $(TEST_STAMP)  ## the e2e suite with v3 on upstream's code
-	COSYVOICE_TEST_PROFILE=cosyvoice CV3TINY_MODEL="$(CV3TINY_MODEL)" PROJECT_BIN="$(BIN)" \
+test-upstream-api: cv3tiny-model $(TEST_STAMP)  ## the e2e suite with v3 on upstream's code
+	COSYVOICE_TEST_PROFILE=cosyvoice CV3TINY_MODEL="$(CV3TINY_MODEL)" PROJECT_BIN="$(abspath $(BIN))" \
 		$(UPSTREAM_PYTHON) -m pytest -p no:cacheprovider -m "not quiet" $(E2E_TESTS)
 
 lint: $(TEST_STAMP)        ## ruff check and format, mypy (strict for core/ and functions/)
