@@ -219,3 +219,5 @@ def install_safe_logging(
         logger.propagate = True
         logger.setLevel(logging.NOTSET)  # the root's level decides (an earlier config may linger)
     logging.getLogger("uvicorn.access").disabled = log_format == "json"
+    # Python's warnings (torch's, numpy's) would go to stderr as they are: log them.
+    logging.captureWarnings(True)

@@ -362,7 +362,10 @@ class _ClientWatch:
         self.streaming.cancel()
 
     def stop(self) -> None:
-        self._watching.cancel()
+        if not self._watching.done():
+            self._watching.cancel()
+        elif not self._watching.cancelled():
+            self._watching.exception()  # a failed read: the response has ended anyway
 
 
 async def _file_body(stream: AudioStream, fmt: str) -> AsyncIterator[bytes]:

@@ -58,6 +58,7 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 
+from .. import library_logs
 from ..audio.dsp import resample
 from ..domain import SynthesisMode
 from ..errors import EngineNotReady, InvalidInput, SynthesisFailed
@@ -74,6 +75,7 @@ from .text import (
 )
 
 logger = logging.getLogger(__name__)
+
 
 Family = Literal["cosyvoice3", "cosyvoice2"]
 
@@ -234,6 +236,10 @@ class CosyVoiceEngine:
     ) -> None:
         if family not in _FAMILIES:
             raise ValueError(f"unknown CosyVoice family {family!r}")
+        # Upstream draws a tqdm progress bar on stderr for every synthesis, which has no
+        # place in a server's log. tqdm reads this once, when first imported (importing
+        # torch does), so it is set before anything here imports either.
+        os.environ.setdefault("TQDM_DISABLE", "1")
         self._model_dir = Path(model_dir).expanduser().resolve()
         self._home = Path(cosyvoice_home).expanduser().resolve() if cosyvoice_home else None
         self._family: Family = family
@@ -312,12 +318,33 @@ class CosyVoiceEngine:
         if problem:
             raise EngineNotReady(f"CosyVoice cannot load: {problem}")
         self._put_checkout_on_path()
+        # ModelScope prints (the text normaliser's download): log it, as the rest.
+        with library_logs.prints_logged(logger):
+            model = self._import_and_build()
+        if type(model).__name__ != self._spec.class_name:
+            raise EngineNotReady(
+                f"{self._model_dir} holds a {type(model).__name__} model, "
+                f"not {self._spec.class_name}"
+            )
+        check_pinned_upstream(model.model)
+        CallLoop.install(model.model, _import_torch())
+        self._sample_rate = int(model.sample_rate)
+        self._pretrained = tuple(str(name) for name in model.frontend.spk2info)
+        self._prompt_files = _PromptFiles()
+        self._model = model
+        logger.info("%s loaded from %s", self._spec.model_name, self._model_dir)
+
+    def _import_and_build(self) -> Any:
+        """Upstream imported and the model built, its libraries logging in our format."""
+        existing_loggers = library_logs.logger_names()
         try:
             upstream = importlib.import_module("cosyvoice.cli.cosyvoice")
         except Exception as exc:
             raise EngineNotReady(
                 f"the upstream cosyvoice package failed to import: {type(exc).__name__}: {exc}"
             ) from exc
+        # transformers and ModelScope log through console handlers of their own.
+        library_logs.adopt(library_logs.logger_names() - existing_loggers)
         self._check_prebuilt_artifacts()
         options: dict[str, Any] = {
             "model_dir": str(self._model_dir),
@@ -333,18 +360,8 @@ class CosyVoiceEngine:
             raise EngineNotReady(
                 f"CosyVoice failed to load {self._model_dir}: {type(exc).__name__}: {exc}"
             ) from exc
-        if type(model).__name__ != self._spec.class_name:
-            raise EngineNotReady(
-                f"{self._model_dir} holds a {type(model).__name__} model, "
-                f"not {self._spec.class_name}"
-            )
-        check_pinned_upstream(model.model)
-        CallLoop.install(model.model, _import_torch())
-        self._sample_rate = int(model.sample_rate)
-        self._pretrained = tuple(str(name) for name in model.frontend.spk2info)
-        self._prompt_files = _PromptFiles()
-        self._model = model
-        logger.info("%s loaded from %s", self._spec.model_name, self._model_dir)
+        library_logs.adopt(library_logs.logger_names() - existing_loggers)
+        return model
 
     def _put_checkout_on_path(self) -> None:
         if self._home is None:

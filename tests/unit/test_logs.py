@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +78,18 @@ def test_a_traceback_is_indented_and_escaped(captured: io.StringIO) -> None:
     assert first.endswith("router: failed")
     assert rest and all(line.startswith("    ") for line in rest)
     assert "\x1b" not in captured.getvalue()
+
+
+def test_python_warnings_take_the_same_format(captured: io.StringIO) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # pytest swaps `showwarning` for each test: install again inside the test itself.
+        logging.captureWarnings(False)
+        install_safe_logging("info", captured)
+        try:
+            warnings.warn("a library's warning\x1b[31m", UserWarning, stacklevel=1)
+        finally:
+            logging.captureWarnings(False)
+    line = captured.getvalue()
+    assert "a library's warning\\x1b[31m" in line  # through the formatter: escaped
+    assert "\x1b" not in line

@@ -6,6 +6,7 @@ same chunk sizes, whatever else runs at the same time.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -229,3 +230,12 @@ def test_an_upstream_error_fails_the_call_instead_of_hanging(
         chunk_sizes(upstream_engine, request(prompt_clip, broken, stream=stream))
     _assert_no_session_left(upstream_model)
     assert sum(chunk_sizes(upstream_engine, request(prompt_clip, features))) > 0
+
+
+def test_upstream_libraries_log_through_the_root_logger(upstream_engine: CosyVoiceEngine) -> None:
+    # transformers' own stderr handler would bypass the server's formatter (JSON lines).
+    root_handlers = logging.getLogger().handlers
+    for name in ("transformers", "modelscope"):
+        logger = logging.getLogger(name)
+        assert all(handler in root_handlers for handler in logger.handlers), name
+        assert logger.propagate or logger.handlers, name
