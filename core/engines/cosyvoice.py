@@ -76,7 +76,6 @@ from .text import (
 
 logger = logging.getLogger(__name__)
 
-
 Family = Literal["cosyvoice3", "cosyvoice2"]
 
 SYSTEM_PROMPT = "You are a helpful assistant."

@@ -216,10 +216,12 @@ class EngineRunner:
         # From here on the engine thread owns the slot: it is given back when the thread
         # has closed the engine's generator, not when the consumer leaves.
         native_rate = self._engine.info.sample_rate
-        # Resampled (and made 16-bit PCM) in the engine thread: the event loop does no
-        # signal work.
+        # Resampled (and, for a stream, made 16-bit PCM) in the engine thread: the event
+        # loop does no signal work.
         resampler = _ChunkResampler(native_rate, request.sample_rate or native_rate)
-        call = _Call(loop, self._buffered_chunks, next(self._numbers), resampler)
+        call = _Call(
+            loop, self._buffered_chunks, next(self._numbers), resampler, pcm16=request.stream
+        )
         self._calls.add(call)
         call.start(
             self._engine.synthesize,
@@ -347,6 +349,8 @@ class _Call:
         window: int,
         number: int,
         resampler: _ChunkResampler,
+        *,
+        pcm16: bool,
     ) -> None:
         self._loop = loop
         self.number = number
@@ -357,6 +361,7 @@ class _Call:
         self.abandoned = False
         self.watchdog: asyncio.TimerHandle | None = None
         self.resampler = resampler
+        self.pcm16 = pcm16  # streams send PCM; whole renders join the float samples
 
     def start(
         self,
@@ -393,12 +398,12 @@ class _Call:
                     continue
                 if not self._wait_for_credit():
                     return
-                self._post(("chunk", (audio, float_to_pcm16(audio))))
+                self._post_chunk(audio)
             tail = self.resampler.flush()
             if tail.size:
                 if not self._wait_for_credit():
                     return
-                self._post(("chunk", (tail, float_to_pcm16(tail))))
+                self._post_chunk(tail)
             self._post(("end", None))
         except BaseException as exc:
             self._post(("error", exc))
@@ -417,6 +422,9 @@ class _Call:
         if self.cancel.is_set():
             return False
         return True
+
+    def _post_chunk(self, audio: np.ndarray) -> None:
+        self._post(("chunk", (audio, float_to_pcm16(audio) if self.pcm16 else None)))
 
     def _post(self, item: tuple[str, Any]) -> None:
         if not self.cancel.is_set():
