@@ -6,7 +6,7 @@ the one handler the process configured: a plain-text line in a LOG_FORMAT=json l
 nothing escaped. `adopt` takes such loggers' console handlers away and gives their records
 to the root logger's handlers; loggers that existed before the import are left alone (the
 server's own, uvicorn's, KServe's). Others print: `prints_logged` turns what is printed
-meanwhile into log lines.
+meanwhile into log lines. `UpstreamTexts` keeps the texts users send out of the log.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 
 def logger_names() -> set[str]:
@@ -87,3 +89,47 @@ class _LineLog(io.TextIOBase):
     def _log(self, line: str) -> None:
         if line.strip():
             self._logger.info("%s", line.rstrip("\r"))
+
+
+class UpstreamTexts(logging.Filter):
+    """Upstream CosyVoice's synthesis lines, without the users' texts.
+
+    Upstream logs through the root logger, at INFO, the text of every sentence it speaks
+    ("synthesis text ..."), and warns with that text and the voice's prompt text when the
+    first is the shorter; it also logs a line for every chunk ("yield speech len ...,
+    rtf ..."). On the root logger, for records from files of upstream's package: the
+    INFO text lines are dropped, the warning keeps its advice without the texts, and the
+    chunk lines are DEBUG lines (shown only when the root logger is at DEBUG).
+    """
+
+    SHORT_TEXT_WARNING = (
+        "the text to speak is shorter than the voice's prompt text; the audio may suffer"
+    )
+
+    def __init__(self, package_dir: Path) -> None:
+        super().__init__()
+        self.package = str(package_dir.resolve()) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.pathname.startswith(self.package):
+            return True
+        message = record.getMessage()
+        if message.startswith("synthesis text"):
+            if record.levelno < logging.WARNING:
+                return False
+            record.msg, record.args = self.SHORT_TEXT_WARNING, None
+        elif message.startswith("yield speech len"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+    @classmethod
+    def install(cls, package_dir: Path) -> None:
+        """On the root logger (upstream logs through it), once per package folder."""
+        root = logging.getLogger()
+        wanted = cls(package_dir)
+        if not any(
+            isinstance(existing, cls) and existing.package == wanted.package
+            for existing in root.filters
+        ):
+            root.addFilter(wanted)

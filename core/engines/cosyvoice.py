@@ -344,6 +344,7 @@ class CosyVoiceEngine:
             ) from exc
         # transformers and ModelScope log through console handlers of their own.
         library_logs.adopt(library_logs.logger_names() - existing_loggers)
+        library_logs.UpstreamTexts.install(Path(upstream.__file__).parents[1])
         self._check_prebuilt_artifacts()
         options: dict[str, Any] = {
             "model_dir": str(self._model_dir),

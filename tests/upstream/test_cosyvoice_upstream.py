@@ -239,3 +239,18 @@ def test_upstream_libraries_log_through_the_root_logger(upstream_engine: CosyVoi
         logger = logging.getLogger(name)
         assert all(handler in root_handlers for handler in logger.handlers), name
         assert logger.propagate or logger.handlers, name
+
+
+def test_the_texts_spoken_stay_out_of_the_log(
+    upstream_engine: CosyVoiceEngine,
+    prompt_clip: Clip,
+    features: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Upstream logs "synthesis text <the text>" at INFO through the root logger.
+    secret = "Meet me at the north gate."
+    with caplog.at_level(logging.INFO):
+        sizes = chunk_sizes(upstream_engine, request(prompt_clip, features, text=secret))
+    assert sum(sizes) > 0
+    assert not [r.getMessage() for r in caplog.records if "north gate" in r.getMessage()]
+    assert not [r for r in caplog.records if r.getMessage().startswith("yield speech len")]
