@@ -120,6 +120,8 @@ def cosyvoice_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
     Run under upstream's Python (`make test-upstream-api`), so that the API servers the
     tests start have torch. The tiny model speaks noise, 0.8 s of it per text token.
     """
+    from tests.e2e.texts import SEGMENT_MAX_CHARS_COSYVOICE
+
     home, model = os.environ.get("COSYVOICE_HOME"), os.environ.get("CV3TINY_MODEL")
     if not home or not model or not (Path(model) / ".complete").is_file():
         raise pytest.UsageError(
@@ -144,6 +146,9 @@ def cosyvoice_profile(tmp_dir: Path) -> Iterator[dict[str, str]]:
             "COSYVOICE_HOME": str(Path(home).resolve()),
             "MODEL_DIR_V3": str(Path(model).resolve()),
             "AUTO_DOWNLOAD_MODELS": "false",
+            # Long texts are shorter in this profile (tests/e2e/texts.py): one sentence a
+            # segment keeps their tasks long-form.
+            "SEGMENT_MAX_CHARS": str(SEGMENT_MAX_CHARS_COSYVOICE),
             "PREDICTOR_URL_V2": v2.url,
             "PREDICTOR_MODEL_V2": v2.model_name,
         }

@@ -21,7 +21,7 @@ import pytest
 from tests.audio_checks import assert_speech
 from tests.conftest import MANDARIN_TRANSCRIPT
 from tests.e2e.conftest import BIN, ApiServer, ServerFactory, embedded_only
-from tests.e2e.test_tasks import long_text
+from tests.e2e.texts import long_text
 
 pytestmark = embedded_only("a client of the API, which every profile checks directly")
 

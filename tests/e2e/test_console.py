@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, skip_missing_data
 from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
+from tests.e2e.texts import SENTENCE
 
 pytestmark = pytest.mark.skipif(
     PROFILE != "embedded",
@@ -43,7 +44,6 @@ CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
 ]
-SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "
 TIMEOUT_MS = 60_000
 STREAM_ENDS = ("streamed", "played", "error")
 

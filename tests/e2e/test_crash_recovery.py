@@ -14,8 +14,8 @@ import pytest
 from tests.audio_checks import assert_speech
 from tests.conftest import TESTDATA
 from tests.e2e.conftest import PROFILE, ServerFactory, create_voice
-from tests.e2e.test_tasks import long_text
 from tests.e2e.test_webhooks import Receiver
+from tests.e2e.texts import long_text
 
 TASKS = 4
 

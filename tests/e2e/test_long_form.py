@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
+from tests.e2e.texts import long_text
 from tests.e2e.watch import ServerWatch
 
 pytestmark = [
@@ -25,12 +26,7 @@ pytestmark = [
     ),
 ]
 
-SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "
 CHARS = 100_000
-
-
-def long_text(chars: int) -> str:
-    return (SENTENCE * (chars // len(SENTENCE) + 1))[:chars].strip()
 
 
 @pytest.fixture(scope="module")

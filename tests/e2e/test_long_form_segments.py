@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import PROFILE, ServerFactory, create_voice
+from tests.e2e.texts import long_text
 from tests.e2e.watch import ServerWatch
 from tests.render_pods import segments_in_log
 
@@ -29,14 +30,9 @@ pytestmark = [
     ),
 ]
 
-SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "
 CHARS = 100_000
 SLOTS = 2
 MAX_RSS_MB = 300
-
-
-def long_text(chars: int) -> str:
-    return (SENTENCE * (chars // len(SENTENCE) + 1))[:chars].strip()
 
 
 def wav_seconds(head: bytes) -> float:

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from tests.e2e.conftest import PROFILE, ApiServer, ServerFactory, create_voice
+from tests.e2e.texts import SENTENCE
 from tests.e2e.watch import ServerWatch
 
 pytestmark = [
@@ -23,7 +24,6 @@ pytestmark = [
 ]
 
 BURST = 200
-SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "
 TEXT = (SENTENCE * 30)[:2000].strip()
 
 

@@ -12,7 +12,8 @@ import pytest
 from tests.audio_checks import assert_speech
 from tests.conftest import TESTDATA
 from tests.e2e.conftest import ApiServer, ServerFactory, create_voice
-from tests.e2e.test_tasks import FINISHED, long_text, wait_for
+from tests.e2e.test_tasks import FINISHED, wait_for
+from tests.e2e.texts import long_text
 
 S = "/api/v3/schedule"
 

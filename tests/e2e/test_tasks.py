@@ -9,13 +9,9 @@ import httpx
 import pytest
 
 from tests.audio_checks import assert_speech
+from tests.e2e.texts import SENTENCE, long_text
 
-SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today. "
 FINISHED = ("completed", "failed", "cancelled")
-
-
-def long_text(chars: int) -> str:
-    return (SENTENCE * (chars // len(SENTENCE) + 1))[:chars].strip()
 
 
 def wait_for(
