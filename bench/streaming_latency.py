@@ -35,7 +35,9 @@ turns within each of `--rounds` rounds (the order alternating from round to roun
 server idle while the engine runs, so both see the same machine on a shared VM. Per N:
 first audio p50/p90, audio throughput (seconds of audio delivered per wall second over
 the whole load) and CPU per request: the server process's CPU time over the API side
-(/proc/<pid>/stat) against this process's over the engine side. Targets: at 16 clients,
+(/proc/<pid>/stat) against this process's over the engine side, and the cores busy (the
+side's CPU, its clients' included, per wall second: how close the load came to using the
+whole machine). Targets: at 16 clients,
 first byte p50 at most 1.5x the engine's first chunk and throughput at least 0.8x the
 engine's; at every N, the platform's own CPU per streamed request (the server's, less
 the engine's, which runs inside it) at most the engine's own.
@@ -169,6 +171,7 @@ class SideRun:
     streams: list[Streamed]
     wall_seconds: float  # from the clients' start to the end of the last stream
     cpu_seconds: float  # of the process that synthesized and served them
+    client_cpu_seconds: float = 0.0  # of the clients, when they run in another process
 
 
 def engine_scaling_load(
@@ -410,9 +413,14 @@ def process_cpu_seconds(pid: int) -> float:
 
 def api_scaling_side(server_pid: int, target: Target, clients: int, requests: int) -> SideRun:
     """The API under a scaling load, with the CPU the server process spent on it."""
-    cpu = process_cpu_seconds(server_pid)
+    cpu, client_cpu = process_cpu_seconds(server_pid), time.process_time()
     streams, wall = asyncio.run(api_scaling_load(target, clients, requests))
-    return SideRun(streams, wall, process_cpu_seconds(server_pid) - cpu)
+    return SideRun(
+        streams,
+        wall,
+        process_cpu_seconds(server_pid) - cpu,
+        client_cpu_seconds=time.process_time() - client_cpu,
+    )
 
 
 async def run_load(client: Client, load: Load, audio_seconds: float) -> list[float]:
@@ -527,6 +535,13 @@ class SideTotal:
     def cpu_per_request(self) -> float:
         return sum(run.cpu_seconds for run in self.runs) / self.requests
 
+    @property
+    def cores_busy(self) -> float:
+        """CPU of the server (or engine) and its clients per wall second: how much of the
+        machine the load kept busy."""
+        cpu = sum(run.cpu_seconds + run.client_cpu_seconds for run in self.runs)
+        return cpu / sum(run.wall_seconds for run in self.runs)
+
 
 def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
@@ -541,7 +556,7 @@ def print_scaling_report(
     )
     print(
         f"{'clients':>7}  {'side':<11}{'streams':>8}{'p50 ms':>9}{'p90 ms':>9}"
-        f"{'audio s/s':>11}{'CPU ms/req':>12}"
+        f"{'audio s/s':>11}{'CPU ms/req':>12}{'cores busy':>12}"
     )
     for clients in scale:
         engine, api = totals["engine", clients], totals["api", clients]
@@ -549,7 +564,7 @@ def print_scaling_report(
             print(
                 f"{clients:>7}  {name:<11}{side.requests:>8}{ms(p50(side.first_audio)):>9.2f}"
                 f"{ms(p90(side.first_audio)):>9.2f}{side.throughput:>11.1f}"
-                f"{ms(side.cpu_per_request):>12.2f}"
+                f"{ms(side.cpu_per_request):>12.2f}{side.cores_busy:>12.2f}"
             )
         print(
             f"{'':>7}  {'api/engine':<11}{'':>8}"
@@ -560,7 +575,9 @@ def print_scaling_report(
         )
     print(
         "CPU ms/req: engine = this process's CPU over the engine side; api = the server "
-        "process's CPU over the API side, the engine's work in it included"
+        "process's CPU over the API side, the engine's work in it included; cores busy = "
+        f"CPU seconds per wall second of the side, its clients' included ({os.cpu_count()} "
+        "cores here)"
     )
 
     ok = True
