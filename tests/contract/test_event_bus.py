@@ -197,6 +197,50 @@ async def test_task_ended_events_reach_subscribers(make_bus: BusFactory) -> None
     assert received[1]["task_id"] == "t-2"
 
 
+# --- in-process only ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["embedded"], indirect=True)
+async def test_tasks_take_turns_with_a_long_tasks_segment_jobs(
+    make_bus: BusFactory, metadata_store: MetadataStore
+) -> None:
+    bus = await make_bus()
+    # A long-form task being rendered: claimed, its four segment jobs queued.
+    book = make_task("book", status=TaskStatus.processing)
+    assert await metadata_store.create_task(book)
+    for index in range(4):
+        await bus.publish_render(
+            RenderRequest(task_id="book", priority=book.priority, segment=index)
+        )
+    for name in ("short-1", "short-2"):
+        await publish(bus, await queued(metadata_store, name))
+    await publish(bus, await queued(metadata_store, "urgent", Priority.urgent))
+    order: list[str] = []
+
+    async def render(request: RenderRequest) -> None:
+        order.append(request.task_id if request.segment is None else f"book#{request.segment}")
+        if request.task_id == "short-1":
+            # Queued while the book still has three segments to go.
+            await publish(bus, await queued(metadata_store, "short-3"))
+
+    async with consuming(bus, render):
+        await eventually(lambda: len(order) == 8)
+        await asyncio.sleep(QUIET_PERIOD)
+
+    # One job per task and turn: the short tasks wait for one of the book's segment jobs,
+    # not for all four, and the book goes on between them.
+    assert order == [
+        "urgent",  # priority first
+        "book#0",
+        "short-1",
+        "short-2",
+        "short-3",  # queued during the first turn: it still takes that turn
+        "book#1",
+        "book#2",
+        "book#3",
+    ]
+
+
 # --- NATS only ------------------------------------------------------------------------------
 
 

@@ -5,6 +5,11 @@ Nothing is kept only in memory: a render is queued because its task is `register
 from `MetadataStore.queued_tasks()` before it serves anything. A task id sits in the
 queue at most once; a failed render goes back in after a growing delay, and one whose
 task another worker holds (`LeaseHeld`) after that lease, without counting a delivery.
+
+Within a priority, tasks take turns: each job of a task gets the task's next turn, from
+the current turn on (start-time fair queueing), and ties go to the job queued first. A
+long-form task's segment jobs therefore take one turn each, and a task queued after them
+waits for one of them, not for all: a short render is never stuck behind an audiobook.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class MemoryEventBus:
         self._on_dead_letter = on_dead_letter
         self._queue: asyncio.PriorityQueue[tuple[int, int, int, RenderRequest]] | None = None
         self._order = itertools.count()
+        self._turn = 0  # the turn of the job handed out last
+        self._next_turns: dict[str, int] = {}  # task id -> the turn after its last queued job
         self._tracked: set[str] = set()  # request keys queued, waiting for a retry, or running
         self._deliveries: dict[str, int] = {}
         self._task_ended: list[TaskEndedHandler] = []
@@ -71,6 +78,7 @@ class MemoryEventBus:
         self._background.clear()
         self._tracked.clear()
         self._deliveries.clear()
+        self._next_turns.clear()
         self._queue = None
 
     async def ping(self) -> None:
@@ -90,10 +98,15 @@ class MemoryEventBus:
     def _put(self, request: RenderRequest) -> None:
         if self._queue is None:
             raise BackendUnavailable("event bus unavailable: it is not started")
-        # Within a priority, segment jobs of tasks already started come before new tasks:
-        # started work finishes first instead of every task's lease waiting on all others.
-        started = 0 if request.segment is not None else 1
-        self._queue.put_nowait((request.priority.rank, started, next(self._order), request))
+        turn = max(self._turn, self._next_turns.get(request.task_id, 0))
+        self._next_turns[request.task_id] = turn + 1
+        self._queue.put_nowait((request.priority.rank, turn, next(self._order), request))
+
+    def _handed_out(self, turn: int, request: RenderRequest) -> None:
+        self._turn = max(self._turn, turn)
+        if self._next_turns.get(request.task_id, 0) <= self._turn + 1:
+            # Nothing of the task queued past this turn: it starts afresh next time.
+            self._next_turns.pop(request.task_id, None)
 
     async def consume_renders(self, handler: RenderHandler, concurrency: int) -> None:
         for task in await self._store.queued_tasks():
@@ -117,7 +130,8 @@ class MemoryEventBus:
     async def _work(self, handler: RenderHandler) -> None:
         while True:
             assert self._queue is not None
-            *_, request = await self._queue.get()
+            _, turn, _, request = await self._queue.get()
+            self._handed_out(turn, request)
             deliveries = self._deliveries.get(request.key, 0) + 1
             self._deliveries[request.key] = deliveries
             try:
