@@ -344,7 +344,8 @@ class CosyVoiceEngine:
             ) from exc
         # transformers and ModelScope log through console handlers of their own.
         library_logs.adopt(library_logs.logger_names() - existing_loggers)
-        library_logs.UpstreamTexts.install(Path(upstream.__file__).parents[1])
+        if upstream.__file__:  # cosyvoice/cli/cosyvoice.py: its package is two folders up
+            library_logs.UpstreamTexts.install(Path(upstream.__file__).parents[1])
         self._check_prebuilt_artifacts()
         options: dict[str, Any] = {
             "model_dir": str(self._model_dir),
