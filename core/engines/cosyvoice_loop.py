@@ -81,8 +81,7 @@ class _Tokens(list[Any]):
     """The call's speech tokens: upstream's LLM thread appends, the loop waits on them.
 
     The loop is woken only when the count it waits for is there (`wanted`), not for
-    every token: each wake-up takes the GIL from the LLM thread, which on a CPU slowed
-    the LLM by a few percent for nothing.
+    every token: each wake-up would take the GIL from the LLM thread for nothing.
     """
 
     def __init__(self, changed: threading.Condition) -> None:
