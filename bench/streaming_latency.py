@@ -37,10 +37,10 @@ first audio p50/p90, audio throughput (seconds of audio delivered per wall secon
 the whole load) and CPU per request: the server process's CPU time over the API side
 (/proc/<pid>/stat) against this process's over the engine side, and the cores busy (the
 side's CPU, its clients' included, per wall second: how close the load came to using the
-whole machine). Targets: at 16 clients,
-first byte p50 at most 1.5x the engine's first chunk and throughput at least 0.8x the
-engine's; at every N, the platform's own CPU per streamed request (the server's, less
-the engine's, which runs inside it) at most the engine's own.
+whole machine). Targets: at 16 clients, first byte p50 at most 1.5x the engine's first
+chunk and throughput at least 0.8x the engine's; at every N, the platform's own CPU per
+streamed request (the server's, less the engine's, which runs inside it) at most the
+engine's own.
 
 The server is given SYNTHESIS_CONCURRENCY = the most clients of any load, so that it
 admits engine calls as the baseline does, and stream and queue caps that refuse nothing.

@@ -108,7 +108,8 @@ class UpstreamTexts(logging.Filter):
 
     def __init__(self, package_dir: Path) -> None:
         super().__init__()
-        self.package = str(package_dir.resolve()) + os.sep
+        # As the module's own path gives it: records carry that path, links unresolved.
+        self.package = str(package_dir) + os.sep
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.pathname.startswith(self.package):

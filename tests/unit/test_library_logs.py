@@ -118,7 +118,7 @@ def test_upstream_lines_leave_the_users_texts_out(
 ) -> None:
     upstream = upstream_module(tmp_path)
     library_logs.UpstreamTexts.install(tmp_path / "cosyvoice")
-    library_logs.UpstreamTexts.install(tmp_path / "cosyvoice")  # once per process
+    library_logs.UpstreamTexts.install(tmp_path / "cosyvoice")  # once per package folder
     logging.getLogger().setLevel(level)
     upstream.speak("Meet me at 5.", "A long secret prompt transcript of the voice's owner")
     logging.info("synthesis text of the server itself stays")
