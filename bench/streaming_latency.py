@@ -23,10 +23,10 @@ Three loads:
 - N burst: N requests sent in the same instant, again and again (a stress figure: on a
   small machine it measures how long N requests queue for the CPU).
 
-Next to them, the baseline: the same engine called directly in this process
-(`Engine.synthesize`, no server in between), timed to its first chunk under the same
-load (one thread per client), with the server stopped. The gap between the two is what
-serving adds.
+Next to them, the baseline: the same engine called directly from this process
+(`Engine.synthesize`, no server in between; the development engine runs in a process of
+its own, as in the server), timed to its first chunk under the same load (one thread per
+client), with the server stopped. The gap between the two is what serving adds.
 
 Scaling: for each client count of `--scale`, N clients start together and each streams
 `--scale-requests` whole utterances over HTTP chunked, one after another; the engine
@@ -34,13 +34,13 @@ alone gets the same load from N threads, each reading every chunk. The two sides
 turns within each of `--rounds` rounds (the order alternating from round to round), the
 server idle while the engine runs, so both see the same machine on a shared VM. Per N:
 first audio p50/p90, audio throughput (seconds of audio delivered per wall second over
-the whole load) and CPU per request: the server process's CPU time over the API side
-(/proc/<pid>/stat) against this process's over the engine side, and the cores busy (the
-side's CPU, its clients' included, per wall second: how close the load came to using the
-whole machine). Targets: at 16 clients, first byte p50 at most 1.5x the engine's first
-chunk and throughput at least 0.8x the engine's; at every N, the platform's own CPU per
-streamed request (the server's, less the engine's, which runs inside it) at most the
-engine's own.
+the whole load) and CPU per request: the server's CPU time over the API side, its
+engine process included (/proc/<pid>/stat), against this process's and its engine
+process's over the engine side, and the cores busy (the side's CPU, its clients'
+included, per wall second: how close the load came to using the whole machine).
+Targets: at 16 clients, first byte p50 at most 1.5x the engine's first chunk and
+throughput at least 0.8x the engine's; at every N, the platform's own CPU per streamed
+request (the server's, less the engine's, which it runs too) at most the engine's own.
 
 The server is given SYNTHESIS_CONCURRENCY = the most clients of any load, so that it
 admits engine calls as the baseline does, and stream and queue caps that refuse nothing.
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -170,7 +171,7 @@ class SideRun:
 
     streams: list[Streamed]
     wall_seconds: float  # from the clients' start to the end of the last stream
-    cpu_seconds: float  # of the process that synthesized and served them
+    cpu_seconds: float  # of the processes that synthesized and served them
     client_cpu_seconds: float = 0.0  # of the clients, when they run in another process
 
 
@@ -193,10 +194,16 @@ def engine_scaling_load(
     for thread in threads:
         thread.start()
     start.wait()
+    # The development engine runs in a process of its own (core.engines.engine_process).
+    engine_pid: int | None = getattr(engine, "pid", None)
+    engine_cpu = process_cpu_seconds(engine_pid) if engine_pid else 0.0
     cpu, started = time.process_time(), time.perf_counter()
     for thread in threads:
         thread.join()
-    return SideRun(streams, time.perf_counter() - started, time.process_time() - cpu)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if engine_pid:
+        cpu += process_cpu_seconds(engine_pid) - engine_cpu
+    return SideRun(streams, wall, cpu)
 
 
 def load_engine(settings: Settings, clip_bytes: bytes) -> tuple[Engine, EngineRequest, float]:
@@ -411,14 +418,26 @@ def process_cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS_PER_SECOND
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants, alive now (Linux)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += process_tree(int(child))
+    return found
+
+
 def api_scaling_side(server_pid: int, target: Target, clients: int, requests: int) -> SideRun:
-    """The API under a scaling load, with the CPU the server process spent on it."""
-    cpu, client_cpu = process_cpu_seconds(server_pid), time.process_time()
+    """The API under a scaling load, with the CPU the server spent on it (its engine
+    process included)."""
+    pids = process_tree(server_pid)
+    cpu, client_cpu = sum(map(process_cpu_seconds, pids)), time.process_time()
     streams, wall = asyncio.run(api_scaling_load(target, clients, requests))
     return SideRun(
         streams,
         wall,
-        process_cpu_seconds(server_pid) - cpu,
+        sum(map(process_cpu_seconds, pids)) - cpu,
         client_cpu_seconds=time.process_time() - client_cpu,
     )
 
@@ -574,8 +593,8 @@ def print_scaling_report(
             f"{api.cpu_per_request / engine.cpu_per_request:>11.2f}x"
         )
     print(
-        "CPU ms/req: engine = this process's CPU over the engine side; api = the server "
-        "process's CPU over the API side, the engine's work in it included; cores busy = "
+        "CPU ms/req: engine = this process's CPU and its engine process's over the engine "
+        "side; api = the server's and its engine process's over the API side; cores busy = "
         f"CPU seconds per wall second of the side, its clients' included ({os.cpu_count()} "
         "cores here)"
     )
@@ -611,7 +630,7 @@ def print_scaling_report(
     )
     for clients in scale:
         engine, api = totals["engine", clients], totals["api", clients]
-        # The engine runs inside the server too: what it costs alone is not the platform's.
+        # The server runs the engine too: what it costs alone is not the platform's.
         platform = api.cpu_per_request - engine.cpu_per_request
         ratio = platform / engine.cpu_per_request
         met = ratio <= TARGET_CPU_RATIO

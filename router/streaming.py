@@ -170,19 +170,22 @@ class _Lookahead:
 
 
 class AudioStream:
-    """One admitted synthesis, handed out as pieces of the quality's chunk duration."""
+    """One admitted synthesis, handed out as pieces of the quality's chunk duration, or
+    (`chunk_seconds=None`) as the engine made them."""
 
     def __init__(
         self,
         ticket: StreamTicket,
         chunks: AsyncGenerator[AudioChunk, None],
         sample_rate: int,
-        chunk_seconds: float,
+        chunk_seconds: float | None,
     ) -> None:
         self.sample_rate = sample_rate
         self._ticket = ticket
         self._feed = _Lookahead(chunks)
-        self._piece_samples = max(1, round(sample_rate * chunk_seconds))
+        self._piece_samples = (
+            None if chunk_seconds is None else max(1, round(sample_rate * chunk_seconds))
+        )
         self._primed: AudioChunk | None = None
         self._started = time.perf_counter()
         self.pieces_sent = 0
@@ -215,14 +218,15 @@ class AudioStream:
             # Made by the engine thread; converted here (once per chunk) only for audio
             # from elsewhere, a predictor's.
             pcm = chunk.pcm16 if chunk.pcm16 is not None else float_to_pcm16(chunk.samples)
-            for start in range(0, len(pcm), self._piece_samples):
+            piece_samples = self._piece_samples or max(len(pcm), 1)
+            for start in range(0, len(pcm), piece_samples):
                 if self.pieces_sent:
                     # Sending never waits while the client keeps up, so without this turn
                     # one stream would send a whole chunk's pieces while other streams'
                     # first audio waits; the first piece itself leaves without one.
                     await asyncio.sleep(0)
-                part = pcm[start : start + self._piece_samples]
-                final = start + self._piece_samples >= len(pcm) and self._feed.at_end
+                part = pcm[start : start + piece_samples]
+                final = start + piece_samples >= len(pcm) and self._feed.at_end
                 final_sent = final
                 yield self._piece(part, final)
         self.finished_at = time.perf_counter()
@@ -251,7 +255,7 @@ async def open_audio_stream(
     request: SynthesisRequest,
     kind: StreamKind,
     *,
-    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
 ) -> AudioStream:
     """Admit a stream (Busy beyond the cap) and start its synthesis."""
     ticket = stream_registry(runtime).acquire(kind)
@@ -394,11 +398,15 @@ async def audio_stream_response(
     request: SynthesisRequest,
     fmt: str,
     *,
-    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     chunk_bytes: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> AudioStreamResponse:
     """Audio as one continuous file, chunked, leaving with the engine's first chunk.
+
+    Each engine chunk leaves whole, in one write: in one continuous file the only units
+    a client sees are the HTTP chunks (`chunk_bytes`), and cutting the audio into the
+    quality's chunk durations first cost a trip through the middleware per piece, a
+    fifth of the server's CPU per stream, for the same bytes.
 
     Everything that can fail before audio exists (format, cap, engine readiness, the
     engine failing before its first chunk) fails here, as a proper status code.
@@ -408,9 +416,7 @@ async def audio_stream_response(
     content_type = open_stream_encoder(fmt, sample_rate).content_type
     if fmt == "pcm":
         content_type = f"{content_type};rate={sample_rate};channels=1"
-    stream = await open_audio_stream(
-        runtime, version, request, StreamKind.http, chunk_seconds=chunk_seconds
-    )
+    stream = await open_audio_stream(runtime, version, request, StreamKind.http, chunk_seconds=None)
     try:
         await stream.prime()
     except BaseException:

@@ -18,6 +18,7 @@ from ..errors import EngineNotReady
 from ..settings import EngineChoice, Settings
 from .base import Engine
 from .cosyvoice import CosyVoiceEngine, Family, checkout_problem, model_name, weights_problem
+from .engine_process import EngineProcess
 from .espeak import EspeakEngine
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def slot_model_name(slot: EngineSlot) -> str:
 def build_engine(settings: Settings, slot: EngineSlot) -> tuple[Engine, str | None]:
     """The engine for `slot` and a warning to show (None when there is nothing to say)."""
     if settings.engine is EngineChoice.espeak:
-        return EspeakEngine(), None
+        return EngineProcess(EspeakEngine), None
 
     family = _FAMILY_OF_SLOT[slot]
     model_dir = settings.model_dir_v3 if slot is EngineSlot.v3 else settings.model_dir
@@ -71,7 +72,7 @@ def build_engine(settings: Settings, slot: EngineSlot) -> tuple[Engine, str | No
         )
     warning = f"CosyVoice unavailable ({reason}): serving the espeak development engine"
     logger.warning("%s: %s", slot.value, warning)
-    return EspeakEngine(), warning
+    return EngineProcess(EspeakEngine), warning
 
 
 def _huggingface_hub_installed() -> bool:

@@ -44,6 +44,7 @@ from ..audio.encode import float_to_pcm16
 from ..errors import Busy, CosyVoiceError, EngineNotReady, Overloaded, SynthesisFailed
 from ..ports import AudioChunk, Clip, EngineInfo, SynthesisRequest
 from .base import Engine, EngineRequest
+from .engine_process import EngineProcess
 from .features import FeatureCache
 from .slots import default_concurrency
 from .warmup import time_to_first_chunk
@@ -153,6 +154,8 @@ class EngineRunner:
         for call in calls:
             call.cancel.set()
         await asyncio.to_thread(_wait_all, calls, self._stop_grace)
+        if isinstance(self._engine, EngineProcess):
+            await asyncio.to_thread(self._engine.close)
 
     def synthesize(
         self, request: SynthesisRequest, clip_loader: ClipLoader
@@ -213,27 +216,36 @@ class EngineRunner:
             self._free_slot()
             self.failed += 1
             raise
-        # From here on the engine thread owns the slot: it is given back when the thread
-        # has closed the engine's generator, not when the consumer leaves.
         native_rate = self._engine.info.sample_rate
-        # Resampled (and, for a stream, made 16-bit PCM) in the engine thread: the event
-        # loop does no signal work.
         resampler = _ChunkResampler(native_rate, request.sample_rate or native_rate)
-        call = _Call(
-            loop, self._buffered_chunks, next(self._numbers), resampler, pcm16=request.stream
-        )
-        self._calls.add(call)
-        call.start(
-            self._engine.synthesize,
-            _engine_request(request, clip, features),
-            lambda: _call_soon(loop, self._return_slot, call),
-        )
+        engine_request = _engine_request(request, clip, features)
+        call: _Call | None = None
+        if isinstance(self._engine, EngineProcess):
+            # The engine's own process does the work; its chunks come to this loop.
+            chunks = self._from_child(self._engine, engine_request, resampler, request, deadline)
+        else:
+            # From here on the engine thread owns the slot: it is given back when the
+            # thread has closed the engine's generator, not when the consumer leaves.
+            # Resampled (and, for a stream, made 16-bit PCM) in the engine thread: the
+            # event loop does no signal work.
+            call = _Call(
+                loop, self._buffered_chunks, next(self._numbers), resampler, pcm16=request.stream
+            )
+            self._calls.add(call)
+            call.start(
+                self._engine.synthesize,
+                engine_request,
+                lambda: _call_soon(loop, self._return_slot, call),
+            )
+            chunks = self._consume(call, request, deadline)
         produced = 0
+        first = True
         try:
-            async with contextlib.aclosing(
-                self._consume(call, request, deadline, started)
-            ) as chunks:
+            async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
+                    if first:
+                        first = False
+                        self._record_first_chunk(loop.time() - started)
                     produced += chunk.samples.size
                     yield chunk
         except (GeneratorExit, asyncio.CancelledError):
@@ -250,9 +262,10 @@ class EngineRunner:
             info = self._engine.info
             metrics.record_real_time_factor(info.engine, info.model, held, produced / rate)
         finally:
-            call.cancel.set()
-            if not call.finished.is_set():
-                call.watchdog = loop.call_later(self._stop_grace, self._abandon, call)
+            if call is not None:
+                call.cancel.set()
+                if not call.finished.is_set():
+                    call.watchdog = loop.call_later(self._stop_grace, self._abandon, call)
 
     async def _features(
         self, request: SynthesisRequest, clip_loader: ClipLoader, deadline: float
@@ -265,32 +278,79 @@ class EngineRunner:
                 f"preparing the voice took longer than the {self._timeout:g} s deadline"
             ) from None
 
-    async def _consume(
-        self, call: _Call, request: SynthesisRequest, deadline: float, started: float
+    async def _from_child(
+        self,
+        engine: EngineProcess,
+        engine_request: EngineRequest,
+        resampler: _ChunkResampler,
+        request: SynthesisRequest,
+        deadline: float,
     ) -> AsyncGenerator[AudioChunk, None]:
+        """A call to an engine in its own process, read on this loop, with no thread in
+        between: the child renders up to `buffered_chunks` ahead of the consumer (one
+        more is asked for as each is taken), as an engine thread would. The slot is given
+        back once the child was told to stop: it reads that before any later call's
+        start, so calls never overlap in it."""
         loop = asyncio.get_running_loop()
-        target_rate = request.sample_rate or self._engine.info.sample_rate
-        first = True
+        inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def deliver(kind: str, payload: Any) -> None:
+            _call_soon(loop, inbox.put_nowait, (kind, payload))
+
+        target_rate = request.sample_rate or engine.info.sample_rate
+        try:
+            if engine.pid is None:  # its child died: a new one loads off the loop
+                await asyncio.to_thread(engine.load)
+            child_call = engine.open_call(engine_request, deliver, ahead=self._buffered_chunks)
+        except BaseException:
+            self._free_slot()
+            raise
         try:
             while True:
-                try:
-                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
-                    # a cancellation that arrives together with a chunk.
-                    async with asyncio.timeout_at(deadline):
-                        kind, payload = await call.inbox.get()
-                except TimeoutError:
-                    raise SynthesisFailed(
-                        f"synthesis did not finish within the {self._timeout:g} s deadline"
-                    ) from None
+                kind, payload = await self._next_answer(inbox, deadline)
+                if kind == "error":
+                    raise _as_synthesis_error(payload)
+                if kind == "end":
+                    break
+                child_call.request_next()
+                audio = resampler.push(payload)
+                if audio.size:
+                    yield _chunk(audio, target_rate, pcm16=request.stream)
+            tail = resampler.flush()
+            if tail.size:
+                yield _chunk(tail, target_rate, pcm16=request.stream)
+        finally:
+            try:
+                child_call.stop()
+            finally:
+                self._free_slot()
+
+    async def _next_answer(
+        self, inbox: asyncio.Queue[tuple[str, Any]], deadline: float
+    ) -> tuple[str, Any]:
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives together with a chunk.
+            async with asyncio.timeout_at(deadline):
+                return await inbox.get()
+        except TimeoutError:
+            raise SynthesisFailed(
+                f"synthesis did not finish within the {self._timeout:g} s deadline"
+            ) from None
+
+    async def _consume(
+        self, call: _Call, request: SynthesisRequest, deadline: float
+    ) -> AsyncGenerator[AudioChunk, None]:
+        target_rate = request.sample_rate or self._engine.info.sample_rate
+        try:
+            while True:
+                kind, payload = await self._next_answer(call.inbox, deadline)
                 if kind == "error":
                     raise _as_synthesis_error(payload)
                 if kind == "end":
                     return
                 call.credits.release()
                 samples, pcm16 = payload
-                if first:
-                    first = False
-                    self._record_first_chunk(loop.time() - started)
                 yield AudioChunk(samples=samples, sample_rate=target_rate, pcm16=pcm16)
         finally:
             call.cancel.set()
@@ -508,6 +568,12 @@ def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> Eng
         speed=request.speed,
         language=request.language,
         stream=request.stream,
+    )
+
+
+def _chunk(audio: np.ndarray, sample_rate: int, *, pcm16: bool) -> AudioChunk:
+    return AudioChunk(
+        samples=audio, sample_rate=sample_rate, pcm16=float_to_pcm16(audio) if pcm16 else None
     )
 
 

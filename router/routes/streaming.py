@@ -106,7 +106,6 @@ def build_router(version: ApiVersion) -> APIRouter:
             version,
             request,
             fmt,
-            chunk_seconds=QUALITY_PROFILES[quality].chunk_seconds,
             chunk_bytes=chunk_size,
         )
 

@@ -12,7 +12,7 @@ import pytest
 
 from core.domain import EngineSlot
 from core.engines.cosyvoice import CosyVoiceEngine
-from core.engines.espeak import EspeakEngine
+from core.engines.engine_process import EngineProcess
 from core.engines.registry import build_engine
 from core.errors import EngineNotReady
 from core.settings import Settings
@@ -33,13 +33,13 @@ def settings(tmp_path: Path, **values: Any) -> Settings:
 
 def test_espeak_is_served_when_asked_for(tmp_path: Path) -> None:
     engine, warning = build_engine(settings(tmp_path, engine="espeak"), EngineSlot.v3)
-    assert isinstance(engine, EspeakEngine)
+    assert isinstance(engine, EngineProcess) and engine.info.engine == "espeak"
     assert warning is None
 
 
 def test_auto_without_cosyvoice_serves_espeak_and_says_why(tmp_path: Path) -> None:
     engine, warning = build_engine(settings(tmp_path), EngineSlot.v3)
-    assert isinstance(engine, EspeakEngine)
+    assert isinstance(engine, EngineProcess) and engine.info.engine == "espeak"
     assert warning is not None
     assert warning.startswith("CosyVoice unavailable (")
     assert "COSYVOICE_HOME" in warning
@@ -81,7 +81,7 @@ def test_missing_weights_are_never_downloaded_unless_allowed(
 ) -> None:
     hub = fake_hub(monkeypatch)
     engine, warning = build_engine(settings(tmp_path, cosyvoice_home=STANDIN), EngineSlot.v3)
-    assert isinstance(engine, EspeakEngine)
+    assert isinstance(engine, EngineProcess) and engine.info.engine == "espeak"
     assert warning is not None and "no model directory" in warning
     assert hub.downloads == []
 
@@ -107,7 +107,7 @@ def test_without_huggingface_hub_auto_falls_back_and_says_so(
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
     config = settings(tmp_path, cosyvoice_home=STANDIN, auto_download_models=True)
     engine, warning = build_engine(config, EngineSlot.v3)
-    assert isinstance(engine, EspeakEngine)
+    assert isinstance(engine, EngineProcess) and engine.info.engine == "espeak"
     assert warning is not None and "huggingface_hub" in warning
 
 

@@ -1,0 +1,171 @@
+"""The child side of `engine_process`: load one engine, then answer the parent.
+
+    python -m core.engines.engine_child --fd N --engine package.module:Class
+
+Started by `EngineProcess` with one end of a socket pair as file descriptor N. It sends
+`("ready", info)` or `("failed", detail)` once, then answers `start`, `next` and `stop`
+(see `engine_process`) until the parent's end closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import importlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from ..errors import CosyVoiceError, SynthesisFailed
+from .base import Engine
+
+
+def load_factory(path: str) -> Callable[[], Engine]:
+    """`package.module:Class` (what `factory_path` wrote) as the callable it names."""
+    module, _, name = path.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in name.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
+def factory_path(factory: Callable[[], Engine]) -> str:
+    return f"{factory.__module__}:{factory.__qualname__}"
+
+
+def serve(connection: Connection, make_engine: Callable[[], Engine]) -> None:
+    """Load, say so, then answer until the parent's end of the pipe closes."""
+    try:
+        engine = make_engine()
+        engine.load()
+    except Exception as exc:
+        detail = exc.detail if isinstance(exc, CosyVoiceError) else f"{type(exc).__name__}: {exc}"
+        connection.send(("failed", detail))
+        return
+    connection.send(("ready", engine.info))
+    try:
+        _Calls(engine, connection).run()
+    except (EOFError, OSError):
+        pass  # the parent has gone
+
+
+class _Calls:
+    """The calls in flight, served one chunk at a time, earliest deadline first.
+
+    A call is ready while it has asked for more chunks than it got. Each turn renders
+    one chunk of the ready call whose listener will run out of audio first: its
+    deadline is when it started plus the seconds of audio it has had. So a new call's
+    first audio (due at once) goes before everyone's next chunk, a call with seconds of
+    audio in hand waits for those with less, and a long text gives way to shorter ones
+    as its audio piles up. Calls of equal texts also finish in the order they came:
+    taking turns round robin, they ended together, and the engine sat idle while all
+    their clients came back with new requests.
+
+    Messages are read whenever they are there, and waited for only when no call is ready.
+    """
+
+    def __init__(self, engine: Engine, connection: Connection) -> None:
+        self._engine = engine
+        self._connection = connection
+        self._sample_rate = engine.info.sample_rate
+        self._chunks: dict[int, Iterator[np.ndarray]] = {}
+        self._wanted: dict[int, int] = {}
+        self._deadline: dict[int, float] = {}  # monotonic seconds
+        self._ready: list[tuple[float, int]] = []  # heap of (deadline, number)
+
+    def run(self) -> None:
+        while True:
+            while not self._ready or self._connection.poll(0):
+                self._take(self._connection.recv())
+            _, number = heapq.heappop(self._ready)
+            chunks = self._chunks.get(number)
+            if chunks is None:
+                continue  # stopped while it waited
+            answer, samples = _next_answer(number, chunks)
+            self._connection.send(answer)
+            if samples is None:  # ended
+                self._forget(number)
+                continue
+            # Raw float32 after its header: pickling would copy the audio twice.
+            self._connection.send_bytes(samples.data)
+            self._deadline[number] += len(samples) / self._sample_rate
+            self._wanted[number] -= 1
+            if self._wanted[number]:
+                heapq.heappush(self._ready, (self._deadline[number], number))
+
+    def _take(self, message: tuple[Any, ...]) -> None:
+        kind, number, *rest = message
+        if kind == "start":
+            self._chunks[number] = _chunks(self._engine, rest[0])
+            self._wanted[number] = 0
+            self._deadline[number] = time.monotonic()
+        elif kind == "next" and number in self._chunks:
+            self._wanted[number] += 1
+            if self._wanted[number] == 1:
+                heapq.heappush(self._ready, (self._deadline[number], number))
+        elif kind == "stop" and number in self._chunks:
+            _close(self._chunks[number])
+            self._forget(number)
+
+    def _forget(self, number: int) -> None:
+        self._chunks.pop(number, None)
+        self._wanted.pop(number, None)
+        self._deadline.pop(number, None)
+
+
+def _chunks(engine: Engine, request: Any) -> Iterator[np.ndarray]:
+    # A generator of our own: an engine that fails before its first chunk fails at the
+    # first `next`, as an answer, never in `start`.
+    yield from engine.synthesize(request)
+
+
+def _next_answer(
+    number: int, chunks: Iterator[np.ndarray]
+) -> tuple[tuple[Any, ...], np.ndarray | None]:
+    """The answer to `next`, and the chunk's samples when it is a chunk (None: the call
+    has ended, with its end or its error)."""
+    try:
+        samples = next(chunks)
+    except StopIteration:
+        return ("end", number), None
+    except Exception as exc:
+        return ("error", number, portable_error(exc)), None
+    return ("chunk", number), np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+
+
+def _close(chunks: Iterator[np.ndarray]) -> None:
+    """Close a call's generator early: the engine's `finally` blocks run now."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # the call is over either way
+            close()
+
+
+def portable_error(exc: Exception) -> CosyVoiceError:
+    """The error as the parent can rebuild it from a pickle: the platform's errors that
+    carry only their detail go as they are; anything else becomes SynthesisFailed."""
+    if isinstance(exc, CosyVoiceError):
+        if type(exc).__init__ is CosyVoiceError.__init__:
+            return exc
+        return SynthesisFailed(exc.detail)
+    message = str(exc).strip() or type(exc).__name__
+    return SynthesisFailed(f"synthesis failed: {message}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--engine", required=True)
+    args = parser.parse_args()
+    # Ctrl-C reaches the whole process group: the parent decides when this child ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(Connection(args.fd), load_factory(args.engine))
+
+
+if __name__ == "__main__":
+    main()
