@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -78,6 +77,7 @@ from core.engines.base import Engine, EngineRequest
 from core.engines.registry import build_engine
 from core.settings import Settings
 from tests.e2e.conftest import ApiServer, create_voice, embedded_env
+from tests.e2e.watch import process_tree
 from tests.speech import ENGLISH, write_clips
 
 TEXT = "Hello, this is a latency test of the streaming voice. It has a second sentence."
@@ -416,16 +416,6 @@ def process_cpu_seconds(pid: int) -> float:
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLOCK_TICKS_PER_SECOND
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and its descendants, alive now (Linux)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += process_tree(int(child))
-    return found
 
 
 def api_scaling_side(server_pid: int, target: Target, clients: int, requests: int) -> SideRun:

@@ -4,8 +4,9 @@
         ...  # the attack
     watch.assert_healthy(max_rss_mb=400, max_health_s=1.0)
 
-Memory is the kernel's own high-water mark of the process (`VmHWM` in /proc), reset
-when the watch starts (`clear_refs`), so a spike between two samples is never missed.
+Memory is the kernel's own high-water mark (`VmHWM` in /proc) of the server and of its
+engine process (the development engine runs in one of its own), summed, each reset when
+the watch starts (`clear_refs`), so a spike between two samples is never missed.
 Responsiveness is measured by a thread that asks `/health` back to back on a fresh
 connection and records the slowest answer (a request that gets no answer within the
 limit counts as the whole wait).
@@ -45,6 +46,19 @@ def peak_rss_mb(pid: int) -> float:
     return _status_kb(pid, "VmHWM") / 1024
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants, alive now (Linux)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        for child in children:
+            found += process_tree(int(child))
+    return found
+
+
 def reset_peak(pid: int) -> None:
     """Set the high-water mark back to the current RSS (Linux: write 5 to clear_refs)."""
     try:
@@ -65,10 +79,13 @@ class ServerWatch:
         self._thread = threading.Thread(target=self._probe, name="health-probe", daemon=True)
         self.peak_mb = 0.0
         self.baseline_mb = 0.0
+        self._pids: list[int] = []
 
     def __enter__(self) -> ServerWatch:
-        reset_peak(self.pid)
-        self.baseline_mb = rss_mb(self.pid)
+        self._pids = process_tree(self.pid)
+        for pid in self._pids:
+            reset_peak(pid)
+        self.baseline_mb = sum(map(rss_mb, self._pids))
         self._thread.start()
         return self
 
@@ -80,7 +97,7 @@ class ServerWatch:
     ) -> None:
         self._stop.set()
         self._thread.join(self.probe_timeout + 5)
-        self.peak_mb = peak_rss_mb(self.pid)
+        self.peak_mb = sum(map(peak_rss_mb, [p for p in self._pids if Path(f"/proc/{p}").exists()]))
 
     def _probe(self) -> None:
         while not self._stop.is_set():
