@@ -4,12 +4,13 @@
 
 Starts `cosyvoice-api serve` (embedded profile, espeak engine) on a free port, creates a
 voice, then times N with-cache requests for a 100-character text. The baseline is the
-same engine with the same text and voice, called directly in this process. The two are
+same engine with the same text and voice, called directly from this process, built as the
+server builds it (the development engine in a process of its own). The two are
 interleaved (one engine call, one request, ...) so both see the same machine: on a
 shared 2-core VM the engine's own speed drifts by tens of percent over a minute. The
-difference is what the platform adds: HTTP, validation, the repository, the engine
-thread hand-off, encoding and storing the file. An empty `GET /voices/{id}` is shown as
-the floor of the web stack itself.
+difference is what the platform adds: HTTP, validation, the repository, handing the
+engine's chunks to the event loop, encoding and storing the file. An empty
+`GET /voices/{id}` is shown as the floor of the web stack itself.
 
 `--against REV` also starts the API of another commit (a temporary git worktree, the same
 virtual environment) and interleaves its requests with this checkout's: the cost of a
@@ -42,11 +43,12 @@ assert len(TEXT) == 100
 def engine_call(clip_path: Path) -> Callable[[], None]:
     """One synthesis by the engine alone, as the server's engine does it."""
     from core.audio.decode import decode_clip
-    from core.domain import SynthesisMode
+    from core.domain import EngineSlot, SynthesisMode
     from core.engines.base import EngineRequest
-    from core.engines.espeak import EspeakEngine
+    from core.engines.registry import build_engine
+    from core.settings import Settings
 
-    engine = EspeakEngine()
+    engine, _ = build_engine(Settings(engine="espeak"), EngineSlot.v3)
     engine.load()
     clip = decode_clip(clip_path.read_bytes())
     request = EngineRequest(
