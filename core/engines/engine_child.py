@@ -100,10 +100,12 @@ class _Calls:
 
     def _take(self, message: tuple[Any, ...]) -> None:
         kind, number, *rest = message
-        if kind == "start":
+        if kind == "start":  # the request, and how many chunks it wants to begin with
             self._chunks[number] = _chunks(self._engine, rest[0])
-            self._wanted[number] = 0
+            self._wanted[number] = rest[1]
             self._deadline[number] = time.monotonic()
+            if rest[1]:
+                heapq.heappush(self._ready, (self._deadline[number], number))
         elif kind == "next" and number in self._chunks:
             self._wanted[number] += 1
             if self._wanted[number] == 1:

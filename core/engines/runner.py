@@ -4,7 +4,9 @@ An engine is a blocking generator that may hold a GPU for seconds. The runner pu
 fair queue in front of it (at most `concurrency` calls at once, first come first
 served), runs each call in a worker thread of its own pool, and hands chunks to the
 event loop through a small credit window: when the consumer (an HTTP stream, a
-WebSocket) is slow, the engine thread waits instead of piling audio up in memory.
+WebSocket) is slow, the engine thread waits instead of piling audio up in memory. An
+engine in a process of its own (`EngineProcess`) needs no thread: the event loop reads
+its chunks and asks for each next one, with the same window.
 
 When the consumer stops (client gone, `aclose()`, task cancelled) or the deadline
 passes, the call's cancel flag is set; the engine thread notices it at the next chunk,

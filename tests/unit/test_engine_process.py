@@ -259,13 +259,9 @@ def test_a_new_call_goes_before_a_call_with_audio_in_hand() -> None:
     server.start()
     try:
         assert parent.recv()[0] == "ready"
-        parent.send(("start", 1, engine_request("count 6")))
-        for _ in range(3):
-            parent.send(("next", 1))
+        parent.send(("start", 1, engine_request("count 6"), 3))
         assert [receive(parent) for _ in range(3)] == [(1, 0), (1, 1), (1, 2)]
-        parent.send(("start", 2, engine_request("count 3")))
-        for _ in range(3):
-            parent.send(("next", 2))
+        parent.send(("start", 2, engine_request("count 3"), 3))
         for _ in range(3):
             parent.send(("next", 1))
         order = [receive(parent) for _ in range(6)]
