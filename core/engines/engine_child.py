@@ -164,8 +164,11 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--engine", required=True)
     args = parser.parse_args()
-    # Ctrl-C reaches the whole process group: the parent decides when this child ends.
+    # Ctrl-C reaches the whole process group, and a service manager may send SIGTERM to
+    # every process of the service: the server then drains its streams, which need this
+    # child, and it ends when the server's end of the socket closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     serve(Connection(args.fd), load_factory(args.engine))
 
 

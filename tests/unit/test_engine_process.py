@@ -237,6 +237,16 @@ def test_the_child_leaves_when_its_parent_is_killed() -> None:
         assert child_is_gone(child), "the engine process outlived its parent"
 
 
+def test_the_child_outlasts_the_signals_meant_for_its_server(scripted: EngineProcess) -> None:
+    pid = scripted.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)  # a service manager stopping every process of the service
+    os.kill(pid, signal.SIGINT)  # Ctrl-C in the terminal of `make serve`
+    time.sleep(0.2)
+    assert len(list(scripted.synthesize(engine_request("count 2")))) == 2
+    assert scripted.pid == pid
+
+
 def test_close_stops_the_child() -> None:
     engine = EngineProcess(ScriptedEngine)
     engine.load()
