@@ -39,7 +39,7 @@ def factory_path(factory: Callable[[], Engine]) -> str:
 
 
 def serve(connection: Connection, make_engine: Callable[[], Engine]) -> None:
-    """Load, say so, then answer until the parent's end of the pipe closes."""
+    """Load, say so, then answer until the parent's end of the socket closes."""
     try:
         engine = make_engine()
         engine.load()

@@ -260,7 +260,7 @@ class _Child:
             code = None
         with self._calls_lock:
             self.alive = False
-            self.exit = "its pipe closed" if code is None else f"exit code {code}"
+            self.exit = "its socket closed" if code is None else f"exit code {code}"
             calls, self._calls = list(self._calls.values()), {}
         for deliver in calls:
             self._deliver(
