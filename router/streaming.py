@@ -215,8 +215,9 @@ class AudioStream:
                 chunk = await self._feed.next()
             if chunk is None:
                 break
-            # Made by the engine thread; converted here (once per chunk) only for audio
-            # from elsewhere, a predictor's.
+            # Made by the engine runner (off the loop when an engine thread serves the
+            # call); converted here (once per chunk) only for audio from elsewhere, a
+            # predictor's.
             pcm = chunk.pcm16 if chunk.pcm16 is not None else float_to_pcm16(chunk.samples)
             piece_samples = self._piece_samples or max(len(pcm), 1)
             for start in range(0, len(pcm), piece_samples):
@@ -405,8 +406,9 @@ async def audio_stream_response(
 
     Each engine chunk leaves whole, in one write: in one continuous file the only units
     a client sees are the HTTP chunks (`chunk_bytes`), and cutting the audio into the
-    quality's chunk durations first cost a trip through the middleware per piece, a
-    fifth of the server's CPU per stream, for the same bytes.
+    quality's chunk durations first cost a trip through the middleware's sends per piece
+    for the same bytes (those sends were a quarter of the event loop's time under 16
+    streaming clients).
 
     Everything that can fail before audio exists (format, cap, engine readiness, the
     engine failing before its first chunk) fails here, as a proper status code.
