@@ -144,6 +144,8 @@ export function setUpStream() {
           socket.send(JSON.stringify(message));
           break;
         case "audio_chunk":
+          // A last chunk with no audio only says the stream has ended: nothing to decode.
+          if (data.metadata.duration === 0) break;
           await player.add(base64Bytes(data.audio_data), message.format, data.metadata.sample_rate);
           if (endMs === null) report(player.stats, outcome, endMs);
           break;
