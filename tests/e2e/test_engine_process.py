@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from tests.audio_checks import assert_speech
 from tests.e2e.conftest import ApiServer, ServerFactory, create_voice, embedded_only
 from tests.e2e.texts import SENTENCE
-from tests.e2e.watch import process_tree
+from tests.e2e.watch import gone, process_tree
 
 pytestmark = embedded_only("the engine's process is a child of the API server only there")
 
@@ -26,17 +25,6 @@ def engine_processes(server: ApiServer) -> list[int]:
         for pid in process_tree(server.pid)[1:]
         if b"core.engines.engine_child" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
-
-
-def gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ limit counts as the whole wait).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,18 @@ def process_tree(pid: int) -> list[int]:
         for child in children:
             found += process_tree(int(child))
     return found
+
+
+def gone(pid: int, seconds: float) -> bool:
+    """Whether the process `pid` has ended, waiting up to `seconds` for it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def reset_peak(pid: int) -> None:

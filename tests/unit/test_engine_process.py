@@ -32,6 +32,7 @@ from core.engines.features import FeatureCache
 from core.engines.runner import EngineRunner
 from core.errors import EngineNotReady, InvalidInput, SynthesisFailed
 from core.ports import Clip, EngineInfo, SynthesisRequest, VoicePrompt
+from tests.e2e.watch import gone
 
 RATE = 1000  # ScriptedEngine's: a chunk of 100 samples is 0.1 s
 CLIP = Clip(samples=np.zeros(16000, dtype=np.float32), sample_rate=16000)
@@ -105,17 +106,6 @@ def scripted() -> Iterator[EngineProcess]:
     engine.load()
     yield engine
     engine.close()
-
-
-def child_is_gone(pid: int, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # --- the child as an engine ----------------------------------------------------------
@@ -234,7 +224,7 @@ def test_the_child_leaves_when_its_parent_is_killed() -> None:
         child = int(parent.stdout.readline())
         parent.kill()  # no chance to say goodbye
         parent.wait(10)
-        assert child_is_gone(child), "the engine process outlived its parent"
+        assert gone(child, 10.0), "the engine process outlived its parent"
 
 
 def test_the_child_outlasts_the_signals_meant_for_its_server(scripted: EngineProcess) -> None:
@@ -253,7 +243,7 @@ def test_close_stops_the_child() -> None:
     pid = engine.pid
     assert pid is not None
     engine.close()
-    assert child_is_gone(pid, seconds=1.0)
+    assert gone(pid, seconds=1.0)
     assert engine.pid is None
 
 
@@ -325,7 +315,7 @@ async def test_the_runner_streams_the_childs_chunks_as_pcm() -> None:
     assert runner.first_chunk_seconds is not None
     pid = engine.pid
     await runner.close()
-    assert await asyncio.to_thread(child_is_gone, pid, 2.0)
+    assert await asyncio.to_thread(gone, pid, 2.0)
 
 
 async def test_a_consumer_that_leaves_frees_its_slot_and_stops_the_call(tmp_path: Path) -> None:
@@ -373,8 +363,8 @@ async def test_the_runner_starts_a_new_child_when_one_died() -> None:
     first = engine.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    assert await asyncio.to_thread(child_is_gone, first, 5.0)
-    await asyncio.sleep(0.2)  # the reader notices the end of the pipe
+    assert await asyncio.to_thread(gone, first, 5.0)
+    await asyncio.sleep(0.2)  # the reader notices the end of the socket
     chunks = [c async for c in runner.synthesize(synthesis_request("count 3"), no_clip)]
     assert len(chunks) == 3
     assert engine.pid not in (None, first)
