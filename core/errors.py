@@ -122,3 +122,14 @@ class Overloaded(Busy):
 
 class SynthesisFailed(CosyVoiceError):
     pass
+
+
+def as_synthesis_error(exc: BaseException) -> CosyVoiceError:
+    """What an engine raised, as the platform reports it: its own errors as they are,
+    anything else as SynthesisFailed with the engine's message."""
+    if isinstance(exc, CosyVoiceError):
+        return exc
+    message = str(exc).strip() or type(exc).__name__
+    error = SynthesisFailed(f"synthesis failed: {message}")
+    error.__cause__ = exc
+    return error

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CosyVoiceError, SynthesisFailed
+from ..errors import CosyVoiceError, SynthesisFailed, as_synthesis_error
 from .base import Engine
 
 
@@ -149,14 +149,13 @@ def _close(chunks: Iterator[np.ndarray]) -> None:
 
 
 def portable_error(exc: Exception) -> CosyVoiceError:
-    """The error as the parent can rebuild it from a pickle: the platform's errors that
-    carry only their detail go as they are; anything else becomes SynthesisFailed."""
-    if isinstance(exc, CosyVoiceError):
-        if type(exc).__init__ is CosyVoiceError.__init__:
-            return exc
-        return SynthesisFailed(exc.detail)
-    message = str(exc).strip() or type(exc).__name__
-    return SynthesisFailed(f"synthesis failed: {message}")
+    """The error as the parent can rebuild it from a pickle (which calls the class with
+    the detail alone): the platform's errors with other constructors go as
+    SynthesisFailed, with their detail."""
+    error = as_synthesis_error(exc)
+    if type(error).__init__ is CosyVoiceError.__init__:
+        return error
+    return SynthesisFailed(error.detail)
 
 
 def main() -> None:

@@ -79,7 +79,8 @@ class EngineProcess:
 
     @property
     def pid(self) -> int | None:
-        """The child's process id while it runs (for CPU accounting and tests)."""
+        """The child's process id while it runs; None when none does (the runner then
+        loads a new one off the event loop)."""
         child = self._child
         return child.pid if child is not None and child.alive else None
 
@@ -147,13 +148,17 @@ class _Child:
     """One running child and the calls in flight to it (the parent's side)."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], channel: socket.socket, info: EngineInfo
+        self,
+        process: subprocess.Popen[bytes],
+        channel: socket.socket,
+        connection: Connection,
+        info: EngineInfo,
     ) -> None:
         self._process = process
         # The socket is kept for `shutdown`, which ends a read blocked in another thread
         # (closing the descriptor would not); the connection speaks over a duplicate.
         self._channel = channel
-        self._connection = Connection(os.dup(channel.fileno()))
+        self._connection = connection
         self.info = info
         self._sending = threading.Lock()
         self._calls: dict[int, Deliver] = {}
@@ -189,15 +194,17 @@ class _Child:
                 # this `core`, wherever the parent found it (an install, a checkout).
                 cwd=Path(__file__).resolve().parents[2],
             )
+        connection = Connection(os.dup(ours.fileno()))
         try:
-            info = _loaded_info(ours, process)
+            info = _loaded_info(connection, process)
         except BaseException:
+            connection.close()
             ours.close()
             if process.poll() is None:
                 process.kill()
             process.wait()
             raise
-        return cls(process, ours, info)
+        return cls(process, ours, connection, info)
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -292,19 +299,16 @@ class ChildCall:
             self._child.send(("stop", self._number))
 
 
-def _loaded_info(channel: socket.socket, process: subprocess.Popen[bytes]) -> EngineInfo:
+def _loaded_info(connection: Connection, process: subprocess.Popen[bytes]) -> EngineInfo:
     """The child's first answer: its engine's info once loaded, or why it could not load."""
-    with Connection(os.dup(channel.fileno())) as connection:
-        if not connection.poll(_LOAD_TIMEOUT_SECONDS):
-            raise EngineNotReady(
-                f"the engine process did not load within {_LOAD_TIMEOUT_SECONDS:g} s"
-            )
-        try:
-            kind, payload = connection.recv()
-        except (EOFError, OSError):
-            raise EngineNotReady(
-                f"the engine process exited while loading (code {process.wait()})"
-            ) from None
+    if not connection.poll(_LOAD_TIMEOUT_SECONDS):
+        raise EngineNotReady(f"the engine process did not load within {_LOAD_TIMEOUT_SECONDS:g} s")
+    try:
+        kind, payload = connection.recv()
+    except (EOFError, OSError):
+        raise EngineNotReady(
+            f"the engine process exited while loading (code {process.wait()})"
+        ) from None
     if kind == "failed":
         raise EngineNotReady(payload)
     info: EngineInfo = payload

@@ -43,7 +43,14 @@ import soxr
 
 from .. import metrics
 from ..audio.encode import float_to_pcm16
-from ..errors import Busy, CosyVoiceError, EngineNotReady, Overloaded, SynthesisFailed
+from ..errors import (
+    Busy,
+    CosyVoiceError,
+    EngineNotReady,
+    Overloaded,
+    SynthesisFailed,
+    as_synthesis_error,
+)
 from ..ports import AudioChunk, Clip, EngineInfo, SynthesisRequest
 from .base import Engine, EngineRequest
 from .engine_process import EngineProcess
@@ -219,19 +226,27 @@ class EngineRunner:
             self.failed += 1
             raise
         native_rate = self._engine.info.sample_rate
-        resampler = _ChunkResampler(native_rate, request.sample_rate or native_rate)
+        rate = request.sample_rate or native_rate
+        resampler = _ChunkResampler(native_rate, rate)
         engine_request = _engine_request(request, clip, features)
         call: _Call | None = None
         if isinstance(self._engine, EngineProcess):
             # The engine's own process does the work; its chunks come to this loop.
-            chunks = self._from_child(self._engine, engine_request, resampler, request, deadline)
+            chunks = self._from_child(
+                self._engine, engine_request, resampler, rate, request.stream, deadline
+            )
         else:
             # From here on the engine thread owns the slot: it is given back when the
             # thread has closed the engine's generator, not when the consumer leaves.
             # Resampled (and, for a stream, made 16-bit PCM) in the engine thread: the
             # event loop does no signal work.
             call = _Call(
-                loop, self._buffered_chunks, next(self._numbers), resampler, pcm16=request.stream
+                loop,
+                self._buffered_chunks,
+                next(self._numbers),
+                resampler,
+                rate,
+                pcm16=request.stream,
             )
             self._calls.add(call)
             call.start(
@@ -239,7 +254,7 @@ class EngineRunner:
                 engine_request,
                 lambda: _call_soon(loop, self._return_slot, call),
             )
-            chunks = self._consume(call, request, deadline)
+            chunks = self._consume(call, deadline)
         produced = 0
         first = True
         try:
@@ -260,7 +275,6 @@ class EngineRunner:
             self.completed += 1
             held = loop.time() - admitted
             self._record_call(held)
-            rate = request.sample_rate or self._engine.info.sample_rate
             info = self._engine.info
             metrics.record_real_time_factor(info.engine, info.model, held, produced / rate)
         finally:
@@ -285,7 +299,8 @@ class EngineRunner:
         engine: EngineProcess,
         engine_request: EngineRequest,
         resampler: _ChunkResampler,
-        request: SynthesisRequest,
+        rate: int,
+        pcm16: bool,
         deadline: float,
     ) -> AsyncGenerator[AudioChunk, None]:
         """A call to an engine in its own process, read on this loop, with no thread in
@@ -299,7 +314,6 @@ class EngineRunner:
         def deliver(kind: str, payload: Any) -> None:
             _call_soon(loop, inbox.put_nowait, (kind, payload))
 
-        target_rate = request.sample_rate or engine.info.sample_rate
         try:
             if engine.pid is None:  # its child died: a new one loads off the loop
                 await asyncio.to_thread(engine.load)
@@ -311,16 +325,16 @@ class EngineRunner:
             while True:
                 kind, payload = await self._next_answer(inbox, deadline)
                 if kind == "error":
-                    raise _as_synthesis_error(payload)
+                    raise as_synthesis_error(payload)
                 if kind == "end":
                     break
                 child_call.request_next()
                 audio = resampler.push(payload)
                 if audio.size:
-                    yield _chunk(audio, target_rate, pcm16=request.stream)
+                    yield _chunk(audio, rate, pcm16=pcm16)
             tail = resampler.flush()
             if tail.size:
-                yield _chunk(tail, target_rate, pcm16=request.stream)
+                yield _chunk(tail, rate, pcm16=pcm16)
         finally:
             try:
                 child_call.stop()
@@ -340,20 +354,16 @@ class EngineRunner:
                 f"synthesis did not finish within the {self._timeout:g} s deadline"
             ) from None
 
-    async def _consume(
-        self, call: _Call, request: SynthesisRequest, deadline: float
-    ) -> AsyncGenerator[AudioChunk, None]:
-        target_rate = request.sample_rate or self._engine.info.sample_rate
+    async def _consume(self, call: _Call, deadline: float) -> AsyncGenerator[AudioChunk, None]:
         try:
             while True:
                 kind, payload = await self._next_answer(call.inbox, deadline)
                 if kind == "error":
-                    raise _as_synthesis_error(payload)
+                    raise as_synthesis_error(payload)
                 if kind == "end":
                     return
                 call.credits.release()
-                samples, pcm16 = payload
-                yield AudioChunk(samples=samples, sample_rate=target_rate, pcm16=pcm16)
+                yield payload
         finally:
             call.cancel.set()
 
@@ -411,6 +421,7 @@ class _Call:
         window: int,
         number: int,
         resampler: _ChunkResampler,
+        sample_rate: int,
         *,
         pcm16: bool,
     ) -> None:
@@ -423,6 +434,7 @@ class _Call:
         self.abandoned = False
         self.watchdog: asyncio.TimerHandle | None = None
         self.resampler = resampler
+        self.sample_rate = sample_rate  # after resampling
         self.pcm16 = pcm16  # streams send PCM; whole renders join the float samples
 
     def start(
@@ -486,7 +498,7 @@ class _Call:
         return True
 
     def _post_chunk(self, audio: np.ndarray) -> None:
-        self._post(("chunk", (audio, float_to_pcm16(audio) if self.pcm16 else None)))
+        self._post(("chunk", _chunk(audio, self.sample_rate, pcm16=self.pcm16)))
 
     def _post(self, item: tuple[str, Any]) -> None:
         if not self.cancel.is_set():
@@ -574,18 +586,11 @@ def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> Eng
 
 
 def _chunk(audio: np.ndarray, sample_rate: int, *, pcm16: bool) -> AudioChunk:
+    """A chunk for the consumer; a stream's 16-bit PCM is made here, once, where the
+    chunk is made (in the engine thread when there is one)."""
     return AudioChunk(
         samples=audio, sample_rate=sample_rate, pcm16=float_to_pcm16(audio) if pcm16 else None
     )
-
-
-def _as_synthesis_error(exc: BaseException) -> CosyVoiceError:
-    if isinstance(exc, CosyVoiceError):
-        return exc
-    message = str(exc).strip() or type(exc).__name__
-    error = SynthesisFailed(f"synthesis failed: {message}")
-    error.__cause__ = exc
-    return error
 
 
 def _wait_all(calls: list[_Call], seconds: float) -> None:
