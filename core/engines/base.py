@@ -33,6 +33,17 @@ class EngineRequest:
     stream: bool = True
 
 
+class FinalChunk(np.ndarray):
+    """A chunk that its engine knows to be the call's last, yielded as
+    `samples.view(FinalChunk)` (no copy; to everyone else it is an ordinary array).
+
+    Optional: without it a call ends when its generator is asked once more and stops.
+    An engine in a process of its own is asked only at its call's next turn, after the
+    turns of calls that need audio sooner; with it, the call ends with its last chunk,
+    and a client downloading the whole stream is not kept waiting for the end.
+    """
+
+
 class Engine(Protocol):
     @property
     def info(self) -> EngineInfo: ...
@@ -51,5 +62,6 @@ class Engine(Protocol):
         """Mono float32 chunks at `info.sample_rate`, one per phrase or stream hop.
 
         The caller may stop iterating at any time (client gone): the generator is closed
-        and must release what it holds.
+        and must release what it holds. It is also closed, not finished, after a
+        `FinalChunk`.
         """

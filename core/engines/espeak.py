@@ -27,7 +27,7 @@ import numpy as np
 from ..audio.dsp import estimate_pitch, estimate_speaking_rate
 from ..errors import EngineNotReady, InvalidInput, SynthesisFailed
 from ..ports import Clip, EngineInfo
-from .base import EngineRequest
+from .base import EngineRequest, FinalChunk
 from .instructions import Instruction, parse_instruction
 from .text import SUPPORTED_LANGUAGES, detect_language, split_sentences
 
@@ -296,13 +296,15 @@ class EspeakEngine:
         settings = voice_settings(features, instruction, language, request.speed)
 
         spoke = False
-        for sentence in split_sentences(text, SENTENCE_MAX_CHARS):
+        sentences = split_sentences(text, SENTENCE_MAX_CHARS)
+        for index, sentence in enumerate(sentences, start=1):
             with _LIBRARY_LOCK:
                 pcm = library.speak(sentence, settings)
             # A sentence of bare punctuation comes back as its pause alone: skip it.
             if pcm.size and int(np.abs(pcm).max()) > _AUDIBLE_PEAK:
                 spoke = True
-                yield pcm.astype(np.float32) / 32768.0
+                samples = pcm.astype(np.float32) / 32768.0
+                yield samples.view(FinalChunk) if index == len(sentences) else samples
         if not spoke:
             raise InvalidInput("the text has nothing that can be spoken")
 

@@ -7,6 +7,7 @@ whose text says what to do ("count 3", "slow /path/marker", "invalid", "crash").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 from core.domain import SynthesisMode
-from core.engines.base import EngineRequest
+from core.engines.base import EngineRequest, FinalChunk
 from core.engines.engine_child import serve
 from core.engines.engine_process import EngineProcess
 from core.engines.espeak import EspeakEngine
@@ -40,9 +41,10 @@ CLIP = Clip(samples=np.zeros(16000, dtype=np.float32), sample_rate=16000)
 
 class ScriptedEngine:
     """Does what its request's text says: "count N" yields N chunks of 0.1 s whose
-    samples are their index; "progress PATH" yields 50 such chunks, writing each one's
-    index to PATH as it is made; "slow PATH" yields a chunk every 20 ms until closed,
-    and then writes PATH; "invalid" and "crash" fail."""
+    samples are their index ("final N" marks the last one as the last); "progress
+    PATH" yields 50 such chunks, writing each one's index to PATH as it is made; "slow
+    PATH" yields a chunk every 20 ms until closed, and then writes PATH; "invalid" and
+    "crash" fail."""
 
     @property
     def info(self) -> EngineInfo:
@@ -67,6 +69,10 @@ class ScriptedEngine:
         if command == "count":
             for index in range(int(argument)):
                 yield np.full(100, index, dtype=np.float32)
+        elif command == "final":  # as "count", its last chunk marked as the last
+            for index in range(int(argument)):
+                samples = np.full(100, index, dtype=np.float32)
+                yield samples.view(FinalChunk) if index == int(argument) - 1 else samples
         elif command == "progress":
             for index in range(50):
                 Path(argument).write_text(str(index))
@@ -250,15 +256,27 @@ def test_close_stops_the_child() -> None:
 # --- the child's turns -----------------------------------------------------------------
 
 
-def test_a_new_call_goes_before_a_call_with_audio_in_hand() -> None:
-    """Earliest deadline first: a call that already has 0.3 s of audio waits while a
-    new one gets its first three chunks (round robin would alternate them)."""
+@contextlib.contextmanager
+def serving() -> Iterator[Connection]:
+    """The parent's end of a socket pair whose other end the child's loop serves (in a
+    thread here, to speak its protocol directly), once it has said it is ready."""
     ours, theirs = socket.socketpair()
     parent, child = Connection(ours.detach()), Connection(theirs.detach())
     server = threading.Thread(target=serve, args=(child, ScriptedEngine), daemon=True)
     server.start()
     try:
         assert parent.recv()[0] == "ready"
+        yield parent
+    finally:
+        parent.close()
+        server.join(5)
+        child.close()
+
+
+def test_a_new_call_goes_before_a_call_with_audio_in_hand() -> None:
+    """Earliest deadline first: a call that already has 0.3 s of audio waits while a
+    new one gets its first three chunks (round robin would alternate them)."""
+    with serving() as parent:
         parent.send(("start", 1, engine_request("count 6"), 3))
         assert [receive(parent) for _ in range(3)] == [(1, 0), (1, 1), (1, 2)]
         parent.send(("start", 2, engine_request("count 3"), 3))
@@ -266,10 +284,21 @@ def test_a_new_call_goes_before_a_call_with_audio_in_hand() -> None:
             parent.send(("next", 1))
         order = [receive(parent) for _ in range(6)]
         assert order == [(2, 0), (2, 1), (2, 2), (1, 3), (1, 4), (1, 5)]
-    finally:
-        parent.close()
-        server.join(5)
-        child.close()
+
+
+def test_a_call_ends_with_the_chunk_its_engine_marks_as_the_last() -> None:
+    """Unmarked, a call's end is found when it is asked for one more chunk (at its next
+    turn); after a FinalChunk the end follows at once, unasked."""
+    with serving() as parent:
+        parent.send(("start", 1, engine_request("count 2"), 2))
+        assert [receive(parent) for _ in range(2)] == [(1, 0), (1, 1)]
+        assert not parent.poll(0.3)
+        parent.send(("next", 1))
+        assert parent.recv() == ("end", 1)
+
+        parent.send(("start", 2, engine_request("final 2"), 2))
+        assert [receive(parent) for _ in range(2)] == [(2, 0), (2, 1)]
+        assert parent.poll(5) and parent.recv() == ("end", 2)
 
 
 def receive(connection: Connection) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from core.audio.decode import decode_clip
 from core.audio.dsp import estimate_pitch, is_silent
 from core.domain import SynthesisMode
 from core.engines import espeak
-from core.engines.base import EngineRequest
+from core.engines.base import EngineRequest, FinalChunk
 from core.engines.espeak import EspeakEngine, EspeakVoiceFeatures
 from core.engines.text import SUPPORTED_LANGUAGES
 from core.errors import EngineNotReady, InvalidInput, SynthesisFailed
@@ -169,6 +169,13 @@ def test_one_chunk_per_sentence(
     chunks = speak(engine, english_voice, "First sentence. Second one! And a third?")
     assert len(chunks) == 3
     assert all(not is_silent(c) for c in chunks)
+
+
+def test_the_last_chunk_is_marked_as_the_last(
+    engine: EspeakEngine, english_voice: tuple[Clip, EspeakVoiceFeatures]
+) -> None:
+    chunks = speak(engine, english_voice, "First sentence. Second one! And a third?")
+    assert [isinstance(chunk, FinalChunk) for chunk in chunks] == [False, False, True]
 
 
 def test_features_follow_the_clip(
