@@ -1,7 +1,7 @@
 """Time to first audio over HTTP chunked, SSE and WebSocket, and how it scales, against the engine.
 
     python -m bench.streaming_latency [--requests 6] [--clients 16] [--engine espeak]
-        [--scale 1,4,16,64] [--scale-requests 4] [--rounds 3] [--only latency|scaling]
+        [--scale 1,4,16,64] [--scale-requests 16] [--rounds 3] [--only latency|scaling]
 
 Starts `cosyvoice-api serve` in a process of its own (the e2e tests' ApiServer), makes a
 voice from the English test clip, and runs two sections (`--only` picks one).
@@ -29,8 +29,10 @@ its own, as in the server), timed to its first chunk under the same load (one th
 client), with the server stopped. The gap between the two is what serving adds.
 
 Scaling: for each client count of `--scale`, N clients start together and each streams
-`--scale-requests` whole utterances over HTTP chunked, one after another; the engine
-alone gets the same load from N threads, each reading every chunk. The two sides take
+`--scale-requests` whole utterances over HTTP chunked, one after another (16 by default:
+with 4, the moment when all N clients start together made up much of each figure, and
+runs of the same code differed by a third); the engine alone gets the same load from N
+threads, each reading every chunk. The two sides take
 turns within each of `--rounds` rounds (the order alternating from round to round), the
 server idle while the engine runs, so both see the same machine on a shared VM. Per N:
 first audio p50/p90, audio throughput (seconds of audio delivered per wall second over
@@ -700,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         help="client counts of the scaling section, comma-separated",
     )
     parser.add_argument(
-        "--scale-requests", type=int, default=4, help="streams per client of each scaling load"
+        "--scale-requests", type=int, default=16, help="streams per client of each scaling load"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the scaling section")
     parser.add_argument(
