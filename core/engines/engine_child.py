@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import heapq
 import importlib
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -170,6 +171,21 @@ def portable_error(exc: Exception) -> CosyVoiceError:
     return SynthesisFailed(error.detail)
 
 
+NICENESS = 10
+"""How much lower the child's CPU priority is than its server's (`nice`). The server's
+work per request is short and on the way of every stream's first byte (the request, the
+hand-off of each chunk); rendering is long and already ordered by deadline. Sharing two
+cores at the same priority, a request waited for the CPU behind the engine: at 16
+clients the API's first byte was 27-34 ms p50, and 18-21 ms at niceness 10 (5: 23 ms),
+with the same audio throughput. Raising one's own niceness needs no privilege, and in
+a container it weighs only against the container's other processes."""
+
+
+def yield_to_the_server() -> None:
+    with contextlib.suppress(OSError):  # a platform without it runs at equal priority
+        os.nice(NICENESS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fd", type=int, required=True)
@@ -180,6 +196,7 @@ def main() -> None:
     # child, and it ends when the server's end of the socket closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    yield_to_the_server()
     serve(Connection(args.fd), load_factory(args.engine))
 
 

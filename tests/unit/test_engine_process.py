@@ -26,7 +26,7 @@ import pytest
 
 from core.domain import SynthesisMode
 from core.engines.base import EngineRequest, FinalChunk
-from core.engines.engine_child import serve
+from core.engines.engine_child import NICENESS, serve
 from core.engines.engine_process import EngineProcess
 from core.engines.espeak import EspeakEngine
 from core.engines.features import FeatureCache
@@ -251,6 +251,13 @@ def test_close_stops_the_child() -> None:
     engine.close()
     assert gone(pid, seconds=1.0)
     assert engine.pid is None
+
+
+def test_the_child_yields_the_cpu_to_its_server(scripted: EngineProcess) -> None:
+    """Its niceness is NICENESS above the server's (at most 19, the lowest priority)."""
+    assert scripted.pid is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, scripted.pid) == min(ours + NICENESS, 19)
 
 
 # --- the child's turns -----------------------------------------------------------------
