@@ -30,17 +30,16 @@ client), with the server stopped. The gap between the two is what serving adds.
 
 Scaling: for each client count of `--scale`, N clients start together and each streams
 `--scale-requests` whole utterances over HTTP chunked, one after another (16 by default:
-with 4, the moment when all N clients start together made up much of each figure, and
-runs of the same code differed by a third); the engine alone gets the same load from N
-threads, each reading every chunk. The two sides take
-turns within each of `--rounds` rounds (the order alternating from round to round), the
-server idle while the engine runs, so both see the same machine on a shared VM. Per N:
-first audio p50/p90, audio throughput (seconds of audio delivered per wall second over
-the whole load) and CPU per request: the server's CPU time over the API side, its
-engine process included (/proc/<pid>/stat), against this process's and its engine
-process's over the engine side, and the cores busy (the side's CPU, its clients'
-included, per wall second: how close the load came to using the whole machine).
-Targets: at 16 clients, first byte p50 at most 1.5x the engine's first chunk and
+with 4, the moment when all N clients start together made up much of each figure, and runs
+of the same code differed by a third); the engine alone gets the same load from N threads,
+each reading every chunk. The two sides take turns within each of `--rounds` rounds (the
+order alternating from round to round), the server idle while the engine runs, so both see
+the same machine on a shared VM. Per N: first audio p50/p90, audio throughput (seconds of
+audio delivered per wall second over the whole load) and CPU per request: the server's CPU
+time over the API side, its engine process included (/proc/<pid>/stat), against this
+process's and its engine process's over the engine side, and the cores busy (the side's
+CPU, its clients' included, per wall second: how close the load came to using the whole
+machine). Targets: at 16 clients, first byte p50 at most 1.5x the engine's first chunk and
 throughput at least 0.8x the engine's; at every N, the platform's own CPU per streamed
 request (the server's, less the engine's, which it runs too) at most the engine's own.
 

@@ -62,6 +62,6 @@ class Engine(Protocol):
         """Mono float32 chunks at `info.sample_rate`, one per phrase or stream hop.
 
         The caller may stop iterating at any time (client gone): the generator is closed
-        and must release what it holds. It is also closed, not finished, after a
-        `FinalChunk`.
+        and must release what it holds. After a `FinalChunk` the caller may close it
+        rather than ask once more (the engine process does; an engine thread asks).
         """
