@@ -307,9 +307,10 @@ class EngineInfo:
 class AudioChunk:
     """One piece of synthesized audio: mono float32 at `sample_rate`.
 
-    `pcm16` is the same audio as 16-bit PCM when its producer made it: the in-process
-    engine thread does for streams, so that they send it without converting on the event loop
-    (where each numpy pass hands the GIL to the engine thread and waits to get it back).
+    `pcm16` is the same audio as 16-bit PCM when its producer made it: the engine thread
+    (or an engine process) does for streams, so that they send it without converting on
+    the event loop (where each numpy pass hands the GIL to the engine thread and waits to
+    get it back).
     """
 
     samples: np.ndarray

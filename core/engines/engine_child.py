@@ -2,9 +2,10 @@
 
     python -m core.engines.engine_child --fd N --engine package.module:Class
 
-Started by `EngineProcess` with one end of a socket pair as file descriptor N. It sends
-`("ready", info)` or `("failed", detail)` once, then answers `start`, `next` and `stop`
-(see `engine_process`) until the parent's end closes.
+Started by `EngineProcess` with one end of a socket pair as file descriptor N, over
+which both speak `channel`'s frames. It sends `("ready", info)` or `("failed", detail)`
+once, then answers `start`, `next` and `stop` (see `engine_process`) until the parent's
+end closes.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import heapq
 import importlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+from ..audio.encode import float_to_pcm16
 from ..errors import CosyVoiceError, SynthesisFailed, as_synthesis_error
 from .base import Engine, FinalChunk
+from .channel import Channel
 
 
 def load_factory(path: str) -> Callable[[], Engine]:
@@ -39,18 +42,18 @@ def factory_path(factory: Callable[[], Engine]) -> str:
     return f"{factory.__module__}:{factory.__qualname__}"
 
 
-def serve(connection: Connection, make_engine: Callable[[], Engine]) -> None:
+def serve(channel: Channel, make_engine: Callable[[], Engine]) -> None:
     """Load, say so, then answer until the parent's end of the socket closes."""
     try:
         engine = make_engine()
         engine.load()
     except Exception as exc:
         detail = exc.detail if isinstance(exc, CosyVoiceError) else f"{type(exc).__name__}: {exc}"
-        connection.send(("failed", detail))
+        channel.send(("failed", detail))
         return
-    connection.send(("ready", engine.info))
+    channel.send(("ready", engine.info))
     try:
-        _Calls(engine, connection).run()
+        _Calls(engine, channel).run()
     except (EOFError, OSError):
         pass  # the parent has gone
 
@@ -75,33 +78,32 @@ class _Calls:
     Messages are read whenever they are there, and waited for only when no call is ready.
     """
 
-    def __init__(self, engine: Engine, connection: Connection) -> None:
+    def __init__(self, engine: Engine, channel: Channel) -> None:
         self._engine = engine
-        self._connection = connection
+        self._channel = channel
         self._sample_rate = engine.info.sample_rate
         self._chunks: dict[int, Iterator[np.ndarray]] = {}
+        self._pcm16: dict[int, bool] = {}
         self._wanted: dict[int, int] = {}
         self._deadline: dict[int, float] = {}  # monotonic seconds
         self._ready: list[tuple[float, int]] = []  # heap of (deadline, number)
 
     def run(self) -> None:
         while True:
-            while not self._ready or self._connection.poll(0):
-                self._take(self._connection.recv())
+            while not self._ready or self._channel.poll(0):
+                self._take(self._channel.receive()[0])
             _, number = heapq.heappop(self._ready)
             chunks = self._chunks.get(number)
             if chunks is None:
                 continue  # stopped while it waited
-            answer, samples, final = _next_answer(number, chunks)
-            self._connection.send(answer)
+            answer, samples, final = _next_answer(number, chunks, self._pcm16[number])
+            self._channel.send(answer, samples)
             if samples is None:  # ended
                 self._forget(number)
                 continue
-            # Raw float32 after its header: pickling would copy the audio twice.
-            self._connection.send_bytes(samples.data)
             if final:  # the engine says so: the call ends now, not at a later turn
                 _close(chunks)
-                self._connection.send(("end", number))
+                self._channel.send(("end", number))
                 self._forget(number)
                 continue
             self._deadline[number] += len(samples) / self._sample_rate
@@ -111,9 +113,10 @@ class _Calls:
 
     def _take(self, message: tuple[Any, ...]) -> None:
         kind, number, *rest = message
-        if kind == "start":  # the request, and how many chunks it wants to begin with
+        if kind == "start":  # the request, how many chunks it wants first, in which form
             self._chunks[number] = _chunks(self._engine, rest[0])
             self._wanted[number] = rest[1]
+            self._pcm16[number] = rest[2]
             self._deadline[number] = time.monotonic()
             if rest[1]:
                 heapq.heappush(self._ready, (self._deadline[number], number))
@@ -127,6 +130,7 @@ class _Calls:
 
     def _forget(self, number: int) -> None:
         self._chunks.pop(number, None)
+        self._pcm16.pop(number, None)
         self._wanted.pop(number, None)
         self._deadline.pop(number, None)
 
@@ -138,10 +142,11 @@ def _chunks(engine: Engine, request: Any) -> Iterator[np.ndarray]:
 
 
 def _next_answer(
-    number: int, chunks: Iterator[np.ndarray]
+    number: int, chunks: Iterator[np.ndarray], pcm16: bool
 ) -> tuple[tuple[Any, ...], np.ndarray | None, bool]:
     """The answer to `next`; the chunk's samples when it is a chunk (None: the call has
-    ended, with its end or its error); whether the engine marked it its last."""
+    ended, with its end or its error), as 16-bit PCM when the call asked for it, else
+    float32; whether the engine marked it its last."""
     try:
         samples = next(chunks)
     except StopIteration:
@@ -150,7 +155,7 @@ def _next_answer(
         return ("error", number, portable_error(exc)), None, False
     final = isinstance(samples, FinalChunk)
     plain = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)  # not a subclass
-    return ("chunk", number), plain, final
+    return ("chunk", number), float_to_pcm16(plain) if pcm16 else plain, final
 
 
 def _close(chunks: Iterator[np.ndarray]) -> None:
@@ -199,7 +204,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     yield_to_the_server()
-    serve(Connection(args.fd), load_factory(args.engine))
+    serve(Channel(socket.socket(fileno=args.fd)), load_factory(args.engine))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ The child is single-threaded and pull-driven. A call starts with `start`, which 
 many chunks it wants to begin with, and asks for one more with `next` as it takes each;
 the child renders a call's chunk only when it is wanted, so a slow consumer holds a few
 chunks, not the call's whole audio. Among the calls that want a chunk the child serves
-the earliest deadline first (see `engine_child._Calls`). Audio comes back as raw float32
-after a small header.
+the earliest deadline first (see `engine_child._Calls`). Audio comes back raw after its
+message (`channel`): float32, or 16-bit PCM for a call that asked for it (a stream at the
+engine's own rate, whose consumer sends 16-bit audio anyway): half the bytes, converted
+in the child, which renders in parallel with the server.
 
 Only engines that synthesize from their stored features alone belong here (the espeak
 engine): the clip stays in the server and the child gets an empty one, which saves
@@ -33,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import queue
 import socket
 import subprocess
@@ -41,7 +42,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ import numpy as np
 from ..errors import EngineNotReady, SynthesisFailed
 from ..ports import Clip, EngineInfo
 from .base import Engine, EngineRequest
+from .channel import Channel
 from .engine_child import factory_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ Deliver = Callable[[str, Any], None]
 ("error", exception)."""
 
 _LOAD_TIMEOUT_SECONDS = 60.0
-_NO_CLIP = Clip(samples=np.zeros(0, dtype=np.float32), sample_rate=16000)
+_NO_AUDIO = np.zeros(0, dtype=np.float32)
+_NO_CLIP = Clip(samples=_NO_AUDIO, sample_rate=16000)
 
 
 class EngineProcess:
@@ -120,18 +122,23 @@ class EngineProcess:
         finally:
             call.stop()
 
-    def open_call(self, request: EngineRequest, deliver: Deliver, ahead: int = 1) -> ChildCall:
+    def open_call(
+        self, request: EngineRequest, deliver: Deliver, ahead: int = 1, *, pcm16: bool = False
+    ) -> ChildCall:
         """Start a call whose answers go to `deliver`, from the reader thread: ("chunk",
         samples), then ("end", None) or ("error", exception). Its first `ahead` chunks
         are asked for at once; ask for one more with `ChildCall.request_next` as each is
         taken, so that the child renders at most `ahead` chunks ahead of the consumer.
+        Samples are float32, or 16-bit PCM (int16) with `pcm16`.
 
         The server's engine runner uses this directly, so chunks reach the event loop
         without an engine thread between (each thread is one more GIL hand-off).
         """
         if request.features is None:
             request = replace(request, features=self.extract_features(request.clip, None))
-        return self._running_child().open_call(replace(request, clip=_NO_CLIP), deliver, ahead)
+        return self._running_child().open_call(
+            replace(request, clip=_NO_CLIP), deliver, ahead, pcm16
+        )
 
     def _running_child(self) -> _Child:
         with self._starting:
@@ -148,19 +155,11 @@ class _Child:
     """One running child and the calls in flight to it (the parent's side)."""
 
     def __init__(
-        self,
-        process: subprocess.Popen[bytes],
-        channel: socket.socket,
-        connection: Connection,
-        info: EngineInfo,
+        self, process: subprocess.Popen[bytes], channel: Channel, info: EngineInfo
     ) -> None:
         self._process = process
-        # The socket is kept for `shutdown`, which ends a read blocked in another thread
-        # (closing the descriptor would not); the connection speaks over a duplicate.
         self._channel = channel
-        self._connection = connection
         self.info = info
-        self._sending = threading.Lock()
         self._calls: dict[int, Deliver] = {}
         self._calls_lock = threading.Lock()
         self._numbers = itertools.count(1)
@@ -194,28 +193,29 @@ class _Child:
                 # this `core`, wherever the parent found it (an install, a checkout).
                 cwd=Path(__file__).resolve().parents[2],
             )
-        connection = Connection(os.dup(ours.fileno()))
+        channel = Channel(ours)
         try:
-            info = _loaded_info(connection, process)
+            info = _loaded_info(channel, process)
         except BaseException:
-            connection.close()
-            ours.close()
+            channel.close()
             if process.poll() is None:
                 process.kill()
             process.wait()
             raise
-        return cls(process, ours, connection, info)
+        return cls(process, channel, info)
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
-            self._channel.shutdown(socket.SHUT_RDWR)  # the child reads its end and exits
+            self._channel.shutdown()  # the child reads its end and exits
         try:
             self._process.wait(5.0)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
 
-    def open_call(self, request: EngineRequest, deliver: Deliver, ahead: int) -> ChildCall:
+    def open_call(
+        self, request: EngineRequest, deliver: Deliver, ahead: int, pcm16: bool
+    ) -> ChildCall:
         number = next(self._numbers)
         with self._calls_lock:
             if not self.alive:
@@ -223,7 +223,7 @@ class _Child:
             self._calls[number] = deliver
         call = ChildCall(self, number)
         try:
-            self.send(("start", number, request, ahead))  # and its first `ahead` chunks
+            self.send(("start", number, request, ahead, pcm16))
         except BaseException:
             call.stop()
             raise
@@ -236,9 +236,8 @@ class _Child:
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
-            with self._sending:
-                self._connection.send(message)
-        except (OSError, ValueError):  # closed: the reader reports why to every call
+            self._channel.send(message)
+        except OSError:  # closed: the reader reports why to every call
             if message[0] != "stop":
                 raise SynthesisFailed(f"the engine process ended ({self.exit})") from None
 
@@ -246,20 +245,21 @@ class _Child:
         """Hands each answer to its call; when the child dies, fails every call."""
         try:
             while True:
-                answer = self._connection.recv()
-                if answer[0] == "chunk":  # its samples follow as raw float32
-                    samples = np.frombuffer(self._connection.recv_bytes(), dtype=np.float32)
-                    answer = ("chunk", answer[1], samples)
+                answer, samples = self._channel.receive()
                 kind, number = answer[0], answer[1]
+                payload: Any
+                if kind == "chunk":
+                    payload = _NO_AUDIO if samples is None else samples
+                else:
+                    payload = answer[2] if len(answer) > 2 else None
                 with self._calls_lock:
                     deliver = self._calls.get(number)
                     if deliver is not None and kind != "chunk":
                         del self._calls[number]  # its last answer
                 if deliver is not None:  # a call that was stopped gets no more answers
-                    self._deliver(deliver, kind, answer[2] if len(answer) > 2 else None)
+                    self._deliver(deliver, kind, payload)
         except (EOFError, OSError):
             pass
-        self._connection.close()
         self._channel.close()
         try:
             code: int | None = self._process.wait(5.0)
@@ -299,12 +299,12 @@ class ChildCall:
             self._child.send(("stop", self._number))
 
 
-def _loaded_info(connection: Connection, process: subprocess.Popen[bytes]) -> EngineInfo:
+def _loaded_info(channel: Channel, process: subprocess.Popen[bytes]) -> EngineInfo:
     """The child's first answer: its engine's info once loaded, or why it could not load."""
-    if not connection.poll(_LOAD_TIMEOUT_SECONDS):
+    if not channel.poll(_LOAD_TIMEOUT_SECONDS):
         raise EngineNotReady(f"the engine process did not load within {_LOAD_TIMEOUT_SECONDS:g} s")
     try:
-        kind, payload = connection.recv()
+        (kind, payload), _ = channel.receive()
     except (EOFError, OSError):
         raise EngineNotReady(
             f"the engine process exited while loading (code {process.wait()})"

@@ -42,7 +42,7 @@ import numpy as np
 import soxr
 
 from .. import metrics
-from ..audio.encode import float_to_pcm16
+from ..audio.encode import as_float32, float_to_pcm16
 from ..errors import (
     Busy,
     CosyVoiceError,
@@ -312,12 +312,30 @@ class EngineRunner:
         inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         def deliver(kind: str, payload: Any) -> None:
+            # Runs in the engine process's reader thread, which makes each chunk off the
+            # loop (resampled, with a stream's PCM) as an engine thread makes its own.
+            # A call's answers all come through that one thread, in order, so the
+            # resampler's state is its alone; "tail" is what the resampler still held.
+            try:
+                if kind == "chunk" and payload.dtype == np.int16:  # at the rate it wants
+                    payload = AudioChunk(as_float32(payload), rate, pcm16=payload)
+                elif kind == "chunk":
+                    payload = _chunk(resampler.push(payload), rate, pcm16=pcm16)
+                elif kind == "end" and (tail := resampler.flush()).size:
+                    _call_soon(loop, inbox.put_nowait, ("tail", _chunk(tail, rate, pcm16=pcm16)))
+            except Exception as exc:
+                kind, payload = "error", exc
             _call_soon(loop, inbox.put_nowait, (kind, payload))
 
         try:
             if engine.pid is None:  # its child died: a new one loads off the loop
                 await asyncio.to_thread(engine.load)
-            child_call = engine.open_call(engine_request, deliver, ahead=self._buffered_chunks)
+            child_call = engine.open_call(
+                engine_request,
+                deliver,
+                ahead=self._buffered_chunks,
+                pcm16=pcm16 and resampler.passes_through,
+            )
         except BaseException:
             self._free_slot()
             raise
@@ -328,13 +346,10 @@ class EngineRunner:
                     raise as_synthesis_error(payload)
                 if kind == "end":
                     break
-                child_call.request_next()
-                audio = resampler.push(payload)
-                if audio.size:
-                    yield _chunk(audio, rate, pcm16=pcm16)
-            tail = resampler.flush()
-            if tail.size:
-                yield _chunk(tail, rate, pcm16=pcm16)
+                if kind == "chunk":
+                    child_call.request_next()
+                if payload.samples.size:
+                    yield payload
         finally:
             try:
                 child_call.stop()
@@ -556,6 +571,11 @@ class _ChunkResampler:
             else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality="HQ")
         )
 
+    @property
+    def passes_through(self) -> bool:
+        """True when the rates are the same: the audio leaves as it came."""
+        return self._stream is None
+
     def push(self, samples: np.ndarray) -> np.ndarray:
         audio = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
         if self._stream is None:
@@ -587,7 +607,7 @@ def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> Eng
 
 def _chunk(audio: np.ndarray, sample_rate: int, *, pcm16: bool) -> AudioChunk:
     """A chunk for the consumer; a stream's 16-bit PCM is made here, once, where the
-    chunk is made (in the engine thread when there is one)."""
+    chunk is made (in the engine thread, or the engine process's reader thread)."""
     return AudioChunk(
         samples=audio, sample_rate=sample_rate, pcm16=float_to_pcm16(audio) if pcm16 else None
     )

@@ -17,15 +17,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from core.audio.encode import as_float32
 from core.domain import SynthesisMode
 from core.engines.base import EngineRequest, FinalChunk
+from core.engines.channel import Channel
 from core.engines.engine_child import NICENESS, serve
 from core.engines.engine_process import EngineProcess
 from core.engines.espeak import EspeakEngine
@@ -39,9 +41,16 @@ RATE = 1000  # ScriptedEngine's: a chunk of 100 samples is 0.1 s
 CLIP = Clip(samples=np.zeros(16000, dtype=np.float32), sample_rate=16000)
 
 
+STEP = 1 / 1024  # a chunk's samples are its index times this (heard again through 16 bits)
+
+
+def index_of(samples: np.ndarray) -> int:
+    return round(float(samples[0]) / STEP)
+
+
 class ScriptedEngine:
     """Does what its request's text says: "count N" yields N chunks of 0.1 s whose
-    samples are their index ("final N" marks the last one as the last); "progress
+    samples tell their index (`index_of`; "final N" marks the last one as the last); "progress
     PATH" yields 50 such chunks, writing each one's index to PATH as it is made; "slow
     PATH" yields a chunk every 20 ms until closed, and then writes PATH; "invalid" and
     "crash" fail."""
@@ -68,15 +77,15 @@ class ScriptedEngine:
         command, _, argument = request.text.partition(" ")
         if command == "count":
             for index in range(int(argument)):
-                yield np.full(100, index, dtype=np.float32)
+                yield np.full(100, index * STEP, dtype=np.float32)
         elif command == "final":  # as "count", its last chunk marked as the last
             for index in range(int(argument)):
-                samples = np.full(100, index, dtype=np.float32)
+                samples = np.full(100, index * STEP, dtype=np.float32)
                 yield samples.view(FinalChunk) if index == int(argument) - 1 else samples
         elif command == "progress":
             for index in range(50):
                 Path(argument).write_text(str(index))
-                yield np.full(100, index, dtype=np.float32)
+                yield np.full(100, index * STEP, dtype=np.float32)
         elif command == "slow":
             try:
                 while True:
@@ -149,7 +158,7 @@ def test_concurrent_calls_each_get_their_own_audio(scripted: EngineProcess) -> N
     for thread in threads:
         thread.join(10)
     for n in range(1, 9):
-        assert [int(chunk[0]) for chunk in results[n]] == list(range(n))
+        assert [index_of(chunk) for chunk in results[n]] == list(range(n))
         assert all(len(chunk) == 100 for chunk in results[n])
 
 
@@ -264,15 +273,15 @@ def test_the_child_yields_the_cpu_to_its_server(scripted: EngineProcess) -> None
 
 
 @contextlib.contextmanager
-def serving() -> Iterator[Connection]:
+def serving() -> Iterator[Channel]:
     """The parent's end of a socket pair whose other end the child's loop serves (in a
     thread here, to speak its protocol directly), once it has said it is ready."""
     ours, theirs = socket.socketpair()
-    parent, child = Connection(ours.detach()), Connection(theirs.detach())
+    parent, child = Channel(ours), Channel(theirs)
     server = threading.Thread(target=serve, args=(child, ScriptedEngine), daemon=True)
     server.start()
     try:
-        assert parent.recv()[0] == "ready"
+        assert parent.receive()[0][0] == "ready"
         yield parent
     finally:
         parent.close()
@@ -284,9 +293,9 @@ def test_a_new_call_goes_before_a_call_with_audio_in_hand() -> None:
     """Earliest deadline first: a call that already has 0.3 s of audio waits while a
     new one gets its first three chunks (round robin would alternate them)."""
     with serving() as parent:
-        parent.send(("start", 1, engine_request("count 6"), 3))
+        parent.send(("start", 1, engine_request("count 6"), 3, False))
         assert [receive(parent) for _ in range(3)] == [(1, 0), (1, 1), (1, 2)]
-        parent.send(("start", 2, engine_request("count 3"), 3))
+        parent.send(("start", 2, engine_request("count 3"), 3, False))
         for _ in range(3):
             parent.send(("next", 1))
         order = [receive(parent) for _ in range(6)]
@@ -297,23 +306,33 @@ def test_a_call_ends_with_the_chunk_its_engine_marks_as_the_last() -> None:
     """Unmarked, a call's end is found when it is asked for one more chunk (at its next
     turn); after a FinalChunk the end follows at once, unasked."""
     with serving() as parent:
-        parent.send(("start", 1, engine_request("count 2"), 2))
+        parent.send(("start", 1, engine_request("count 2"), 2, False))
         assert [receive(parent) for _ in range(2)] == [(1, 0), (1, 1)]
         assert not parent.poll(0.3)
         parent.send(("next", 1))
-        assert parent.recv() == ("end", 1)
+        assert parent.receive() == (("end", 1), None)
 
-        parent.send(("start", 2, engine_request("final 2"), 2))
+        parent.send(("start", 2, engine_request("final 2"), 2, False))
         assert [receive(parent) for _ in range(2)] == [(2, 0), (2, 1)]
-        assert parent.poll(5) and parent.recv() == ("end", 2)
+        assert parent.poll(5) and parent.receive() == (("end", 2), None)
 
 
-def receive(connection: Connection) -> tuple[int, int]:
+def test_a_call_that_asks_for_16_bit_pcm_gets_it_from_the_child() -> None:
+    """Half the bytes through the socket: the child converts, the parent reads int16."""
+    with serving() as parent:
+        parent.send(("start", 1, engine_request("count 3"), 3, True))
+        for index in range(3):
+            (kind, number), samples = parent.receive()
+            assert (kind, number) == ("chunk", 1)
+            assert samples is not None and samples.dtype == np.int16 and len(samples) == 100
+            assert index_of(as_float32(samples)) == index
+
+
+def receive(channel: Channel) -> tuple[int, int]:
     """The next chunk's call and index (ScriptedEngine's samples are their index)."""
-    kind, number = connection.recv()
-    assert kind == "chunk"
-    samples = np.frombuffer(connection.recv_bytes(), dtype=np.float32)
-    return number, int(samples[0])
+    (kind, number), samples = channel.receive()
+    assert kind == "chunk" and samples is not None
+    return number, index_of(samples)
 
 
 # --- the runner reading the child on its event loop -------------------------------------
@@ -345,13 +364,26 @@ async def test_the_runner_streams_the_childs_chunks_as_pcm() -> None:
     runner = await runner_for(engine)
     assert runner.ready and engine.pid is not None
     chunks = [c async for c in runner.synthesize(synthesis_request("count 4"), no_clip)]
-    assert [int(c.samples[0]) for c in chunks] == [0, 1, 2, 3]
+    assert [index_of(c.samples) for c in chunks] == [0, 1, 2, 3]
     assert all(c.pcm16 is not None and c.pcm16.dtype == np.int16 for c in chunks)
     assert runner.completed == 1 and runner.active == 0
     assert runner.first_chunk_seconds is not None
     pid = engine.pid
     await runner.close()
     assert await asyncio.to_thread(gone, pid, 2.0)
+
+
+async def test_the_runner_resamples_the_childs_chunks_to_the_rate_asked_for() -> None:
+    """At another rate the child sends float32, and the runner resamples with one filter
+    state across the chunks (the PCM made after it)."""
+    engine = EngineProcess(ScriptedEngine)
+    runner = await runner_for(engine)
+    request = replace(synthesis_request("count 4"), sample_rate=RATE * 2)
+    chunks = [c async for c in runner.synthesize(request, no_clip)]
+    assert all(c.sample_rate == RATE * 2 and c.pcm16 is not None for c in chunks)
+    assert abs(sum(len(c.samples) for c in chunks) - 800) <= 2  # 0.4 s at twice the rate
+    assert all(len(c.pcm16) == len(c.samples) for c in chunks if c.pcm16 is not None)
+    await runner.close()
 
 
 async def test_a_consumer_that_leaves_frees_its_slot_and_stops_the_call(tmp_path: Path) -> None:
@@ -389,7 +421,7 @@ async def test_a_slow_consumer_holds_the_child_to_its_window(tmp_path: Path) -> 
     await asyncio.sleep(0.3)  # the consumer dawdles; the child must not run ahead
     assert int(progress.read_text()) <= 2  # the chunk taken and the two of the window
     rest = [c async for c in stream]
-    assert [int(c.samples[0]) for c in [first, *rest]] == list(range(50))
+    assert [index_of(c.samples) for c in [first, *rest]] == list(range(50))
     await runner.close()
 
 
