@@ -43,7 +43,7 @@ class Channel:
         """The message, and `audio` (a contiguous 1-D array) when it carries some."""
         pickled = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         audio_bytes = 0 if audio is None else audio.nbytes
-        dtype = b"f" if audio is None else audio.dtype.char.encode()
+        dtype = b"f" if audio is None else audio.dtype.char.encode()  # read only with audio
         with self._sending:
             self._sock.sendall(_HEADER.pack(len(pickled), audio_bytes, dtype) + pickled)
             if audio is not None and audio_bytes:

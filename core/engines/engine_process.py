@@ -9,13 +9,14 @@ server only moves finished chunks. It also keeps a crash in the engine's C code 
 the server.
 
 The child is single-threaded and pull-driven. A call starts with `start`, which says how
-many chunks it wants to begin with, and asks for one more with `next` as it takes each;
-the child renders a call's chunk only when it is wanted, so a slow consumer holds a few
-chunks, not the call's whole audio. Among the calls that want a chunk the child serves
-the earliest deadline first (see `engine_child._Calls`). Audio comes back raw after its
-message (`channel`): float32, or 16-bit PCM for a call that asked for it (a stream at the
-engine's own rate, whose consumer sends 16-bit audio anyway): half the bytes, converted
-in the child, which renders in parallel with the server.
+many chunks it wants to begin with (and in which form, below), and asks for one more
+with `next` as it takes each; the child renders a call's chunk only when it is wanted,
+so a slow consumer holds a few chunks, not the call's whole audio. Among the calls that
+want a chunk the child serves the earliest deadline first (see `engine_child._Calls`).
+Audio comes back raw after its message (`channel`): float32, or 16-bit PCM for a call
+that asked for it (a stream at the engine's own rate, whose consumer sends 16-bit audio
+anyway): half the bytes, converted in the child, which renders in parallel with the
+server.
 
 Only engines that synthesize from their stored features alone belong here (the espeak
 engine): the clip stays in the server and the child gets an empty one, which saves
