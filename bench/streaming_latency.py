@@ -38,15 +38,15 @@ the same machine on a shared VM. Per N: first audio p50/p90, audio throughput (s
 audio delivered per wall second over the whole load) and CPU per request: the server's CPU
 time over the API side, its engine process included (/proc/<pid>/stat), against this
 process's and its engine process's over the engine side, of it the engine process's
-share, and the cores busy (the side's
-CPU, its clients' included, per wall second: how close the load came to using the whole
-machine). Targets: at 16 clients, first byte p50 at most 1.5x the engine's first chunk and
-throughput at least 0.8x the engine's, each also given round by round (a round's two
-runs follow each other within seconds, its rounds lie minutes apart, and a shared VM
-changes speed in between); at every N, the platform's own CPU per streamed request (the
-server's, less the engine's, which it runs too) at most the engine's own: the engine's
-being its process's CPU over the API side itself (the same requests at the same time),
-or, for an engine in the server's process, the engine alone's.
+share, and the cores busy (the side's CPU, its clients' included, per wall second: how
+close the load came to using the whole machine). Targets: at 16 clients, first byte
+p50 at most 1.5x the engine's first chunk and throughput at least 0.8x the engine's,
+each also given round by round (a round's two runs follow each other within seconds,
+its rounds lie minutes apart, and a shared VM changes speed in between); at every N,
+the platform's own CPU per streamed request (the server's, less the engine's, which it
+runs too) at most the engine's own: the engine's being its process's CPU over the API
+side itself (the same requests at the same time), or, for an engine in the server's
+process, the engine alone's.
 
 The server is given SYNTHESIS_CONCURRENCY = the most clients of any load, so that it
 admits engine calls as the baseline does, and stream and queue caps that refuse nothing.
@@ -182,8 +182,12 @@ class SideRun:
     client_cpu_seconds: float = 0.0  # of the clients, when they run in another process
 
     @property
+    def audio_seconds(self) -> float:
+        return sum(stream.audio_seconds for stream in self.streams)
+
+    @property
     def throughput(self) -> float:
-        return sum(stream.audio_seconds for stream in self.streams) / self.wall_seconds
+        return self.audio_seconds / self.wall_seconds
 
 
 def engine_scaling_load(
@@ -552,8 +556,8 @@ class SideTotal:
     @property
     def throughput(self) -> float:
         """Seconds of audio delivered per wall second."""
-        audio = sum(stream.audio_seconds for run in self.runs for stream in run.streams)
-        return audio / sum(run.wall_seconds for run in self.runs)
+        wall = sum(run.wall_seconds for run in self.runs)
+        return sum(run.audio_seconds for run in self.runs) / wall
 
     @property
     def cpu_per_request(self) -> float:

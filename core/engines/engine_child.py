@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,16 @@ def serve(channel: Channel, make_engine: Callable[[], Engine]) -> None:
         pass  # the parent has gone
 
 
+@dataclass
+class _Call:
+    """One call in flight in the child."""
+
+    chunks: Iterator[np.ndarray]
+    pcm16: bool  # its chunks go as 16-bit PCM, else float32
+    wanted: int  # chunks asked for and not yet sent
+    deadline: float  # monotonic seconds: when it started plus the audio it has had
+
+
 class _Calls:
     """The calls in flight, served one chunk at a time, earliest deadline first.
 
@@ -82,10 +93,7 @@ class _Calls:
         self._engine = engine
         self._channel = channel
         self._sample_rate = engine.info.sample_rate
-        self._chunks: dict[int, Iterator[np.ndarray]] = {}
-        self._pcm16: dict[int, bool] = {}
-        self._wanted: dict[int, int] = {}
-        self._deadline: dict[int, float] = {}  # monotonic seconds
+        self._calls: dict[int, _Call] = {}
         self._ready: list[tuple[float, int]] = []  # heap of (deadline, number)
 
     def run(self) -> None:
@@ -93,46 +101,43 @@ class _Calls:
             while not self._ready or self._channel.poll(0):
                 self._take(self._channel.receive()[0])
             _, number = heapq.heappop(self._ready)
-            chunks = self._chunks.get(number)
-            if chunks is None:
+            call = self._calls.get(number)
+            if call is None:
                 continue  # stopped while it waited
-            answer, samples, final = _next_answer(number, chunks, self._pcm16[number])
+            answer, samples, final = _next_answer(number, call.chunks, call.pcm16)
             self._channel.send(answer, samples)
             if samples is None:  # ended
-                self._forget(number)
+                del self._calls[number]
                 continue
             if final:  # the engine says so: the call ends now, not at a later turn
-                _close(chunks)
+                _close(call.chunks)
                 self._channel.send(("end", number))
-                self._forget(number)
+                del self._calls[number]
                 continue
-            self._deadline[number] += len(samples) / self._sample_rate
-            self._wanted[number] -= 1
-            if self._wanted[number]:
-                heapq.heappush(self._ready, (self._deadline[number], number))
+            call.deadline += len(samples) / self._sample_rate
+            call.wanted -= 1
+            if call.wanted:
+                heapq.heappush(self._ready, (call.deadline, number))
 
     def _take(self, message: tuple[Any, ...]) -> None:
         kind, number, *rest = message
         if kind == "start":  # the request, how many chunks it wants first, in which form
-            self._chunks[number] = _chunks(self._engine, rest[0])
-            self._wanted[number] = rest[1]
-            self._pcm16[number] = rest[2]
-            self._deadline[number] = time.monotonic()
-            if rest[1]:
-                heapq.heappush(self._ready, (self._deadline[number], number))
-        elif kind == "next" and number in self._chunks:
-            self._wanted[number] += 1
-            if self._wanted[number] == 1:
-                heapq.heappush(self._ready, (self._deadline[number], number))
-        elif kind == "stop" and number in self._chunks:
-            _close(self._chunks[number])
-            self._forget(number)
-
-    def _forget(self, number: int) -> None:
-        self._chunks.pop(number, None)
-        self._pcm16.pop(number, None)
-        self._wanted.pop(number, None)
-        self._deadline.pop(number, None)
+            request, wanted, pcm16 = rest
+            started = _Call(_chunks(self._engine, request), pcm16, wanted, time.monotonic())
+            self._calls[number] = started
+            if wanted:
+                heapq.heappush(self._ready, (started.deadline, number))
+            return
+        call = self._calls.get(number)
+        if call is None:
+            return  # it ended, or was stopped, while the message was on its way
+        if kind == "next":
+            call.wanted += 1
+            if call.wanted == 1:
+                heapq.heappush(self._ready, (call.deadline, number))
+        elif kind == "stop":
+            del self._calls[number]
+            _close(call.chunks)
 
 
 def _chunks(engine: Engine, request: Any) -> Iterator[np.ndarray]:

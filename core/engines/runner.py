@@ -317,9 +317,7 @@ class EngineRunner:
             # A call's answers all come through that one thread, in order, so the
             # resampler's state is its alone; "tail" is what the resampler still held.
             try:
-                if kind == "chunk" and payload.dtype == np.int16:  # at the rate it wants
-                    payload = AudioChunk(as_float32(payload), rate, pcm16=payload)
-                elif kind == "chunk":
+                if kind == "chunk":
                     payload = _chunk(resampler.push(payload), rate, pcm16=pcm16)
                 elif kind == "end" and (tail := resampler.flush()).size:
                     _call_soon(loop, inbox.put_nowait, ("tail", _chunk(tail, rate, pcm16=pcm16)))
@@ -578,7 +576,11 @@ class _ChunkResampler:
         return self._stream is None
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        audio = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
+        """The audio at the new rate, float32; 16-bit PCM that needs no resampling (an
+        engine process makes it for a stream) passes as it is."""
+        if self._stream is None and samples.dtype == np.int16:
+            return samples.reshape(-1)
+        audio = np.ascontiguousarray(as_float32(samples))
         if self._stream is None:
             return audio
         resampled: np.ndarray = self._stream.resample_chunk(audio, last=False)
@@ -608,7 +610,10 @@ def _engine_request(request: SynthesisRequest, clip: Clip, features: Any) -> Eng
 
 def _chunk(audio: np.ndarray, sample_rate: int, *, pcm16: bool) -> AudioChunk:
     """A chunk for the consumer; a stream's 16-bit PCM is made here, once, where the
-    chunk is made (in the engine thread, or the engine process's reader thread)."""
+    chunk is made (in the engine thread, or the engine process's reader thread), unless
+    the audio came as 16-bit PCM already."""
+    if audio.dtype == np.int16:
+        return AudioChunk(samples=as_float32(audio), sample_rate=sample_rate, pcm16=audio)
     return AudioChunk(
         samples=audio, sample_rate=sample_rate, pcm16=float_to_pcm16(audio) if pcm16 else None
     )

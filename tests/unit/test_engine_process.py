@@ -329,7 +329,7 @@ def test_a_call_that_asks_for_16_bit_pcm_gets_it_from_the_child() -> None:
 
 
 def receive(channel: Channel) -> tuple[int, int]:
-    """The next chunk's call and index (ScriptedEngine's samples are their index)."""
+    """The next chunk's call and index (ScriptedEngine's samples tell it)."""
     (kind, number), samples = channel.receive()
     assert kind == "chunk" and samples is not None
     return number, index_of(samples)
