@@ -13,7 +13,10 @@ event loop for 27 s), and a connection that sends one byte a second is never tim
   that averages fewer bytes a second over a window while the server is reading (windows
   in which the application is not reading do not count), is answered `408` while no
   response has started, otherwise the connection is closed;
-- KEEP_ALIVE_TIMEOUT (uvicorn's `timeout_keep_alive`) closes idle keep-alive connections.
+- KEEP_ALIVE_TIMEOUT (uvicorn's `timeout_keep_alive`) closes idle keep-alive connections;
+- a request httptools cannot parse (both Content-Length and Transfer-Encoding, a control
+  character in a header, a bad chunk size) is answered `400` with `{"detail"}`, like every
+  other refusal, where uvicorn would send a plain-text body and reset the connection.
 
 A refused connection sends its answer, shuts its sending side and stops reading; it is
 closed a moment later, so the client can read the answer before the socket goes away,
@@ -56,7 +59,11 @@ PINGS_PER_SECOND = 2.0
 UNREAD_LIMIT = 1024 * 1024
 FEED_BYTES = 4096  # bytes handed to the WebSocket parser at once
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_UNPARSABLE = (
+    "The request is not valid HTTP/1.1: its request line, headers or chunked body "
+    "could not be parsed"
+)
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer = self.loop.call_later(max(delay, 0.01), self._check_body)
 
     # --- refusing --------------------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a parser error: made a refusal like the others (JSON, and
+        # the client gets time to read it; nothing more of the connection is parsed).
+        self._refuse(400, _UNPARSABLE)
 
     def _refuse(self, status: int, detail: str) -> None:
         self._refused = True

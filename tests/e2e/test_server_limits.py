@@ -104,6 +104,48 @@ def test_a_header_just_over_the_limit_gets_431_with_a_json_body(keyed: ApiServer
     assert "65536" in json.loads(body)["detail"]
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"POST /api/v3/cross-lingual/with-cache HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="content-length-and-chunked",
+        ),
+        pytest.param(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x1b[31mred\r\n\r\n",
+            id="control-character-in-a-header",
+        ),
+        pytest.param(
+            b"POST /api/v3/cross-lingual/with-cache HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"ffffffffffffffffffff\r\nabc",
+            id="chunk-size-overflow",
+        ),
+        pytest.param(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nBREW /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            id="unknown-method-after-a-good-request",
+        ),
+    ],
+)
+def test_a_request_that_is_not_http_gets_400_with_a_json_body(
+    keyed: ApiServer, request_bytes: bytes
+) -> None:
+    with ServerWatch(keyed) as watch, raw_connection(keyed) as conn:
+        conn.sendall(request_bytes)
+        answer = read_answer(conn)
+    watch.assert_healthy(max_rss_mb=400, max_health_s=1.0)
+    # A good request before the bad one on the same connection is answered first.
+    last = answer[answer.rfind(b"HTTP/1.1 ") :]
+    head, _, body = last.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"content-type: application/json" in head.lower()
+    assert b"connection: close" in head.lower()
+    assert "not valid HTTP/1.1" in json.loads(body)["detail"]
+    if answer.count(b"HTTP/1.1 ") > 1:
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
 def test_ordinary_headers_still_pass(keyed: ApiServer) -> None:
     reply = httpx.get(f"{keyed.url}/health", headers={"X-Some": "v" * 8000})
     assert reply.status_code == 200
