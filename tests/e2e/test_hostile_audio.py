@@ -8,15 +8,19 @@ an MP3 Xing frame count), and a legal MP3 far longer than a reference clip may b
 from __future__ import annotations
 
 import io
+import os
+import struct
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import soundfile as sf
 
 from tests.e2e.conftest import ApiServer, ServerFactory, embedded_only
-from tests.e2e.watch import ServerWatch
+from tests.e2e.watch import ServerWatch, rss_mb
 from tests.hostile_audio import (
     flac_claiming,
     flac_claiming_samples,
@@ -122,3 +126,24 @@ def test_legal_48k_stereo_clip_is_stored_small_and_synthesizes(
     samples, _ = sf.read(io.BytesIO(audio.content))
     assert samples.size > 0
     watch.assert_healthy(max_rss_mb=MAX_RSS_MB, max_health_s=MAX_HEALTH_S)
+
+
+def test_a_burst_of_large_uploads_leaves_no_memory_behind(
+    http: httpx.Client, hostile_server: ApiServer
+) -> None:
+    """Forty uploads just under MAX_UPLOAD_BYTES at once, each a WAV of noise too long
+    for a reference clip: all refused, and the server's memory goes back to where it was
+    (the allocator keeps no freed blocks of upload size; without that, 150-260 MB stayed)."""
+    noise = os.urandom(19_000_000)  # 198 s of 48 kHz 16-bit mono
+    fmt = struct.pack("<HHIIHH", 1, 1, 48_000, 96_000, 2, 16)
+    sizes = struct.pack("<I", 36 + len(noise)), struct.pack("<I", 16), struct.pack("<I", len(noise))
+    wav = b"RIFF" + sizes[0] + b"WAVEfmt " + sizes[1] + fmt + b"data" + sizes[2] + noise
+    before = rss_mb(hostile_server.pid)
+    with ServerWatch(hostile_server) as watch, ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: upload(http, wav), range(40)))
+    time.sleep(0.5)  # the last requests' buffers are freed as their tasks end
+    after = rss_mb(hostile_server.pid)
+    assert {a.status_code for a in answers} == {422}, answers[0].text[:300]
+    assert "too long" in answers[0].json()["detail"]
+    assert after - before < 64, f"RSS {before:.0f} MB before the uploads, {after:.0f} MB after"
+    watch.assert_healthy(max_rss_mb=MAX_RSS_MB, max_health_s=2 * MAX_HEALTH_S)
