@@ -31,7 +31,6 @@ COMMANDS: dict[str, str] = {
     "tasks": "cli.client.tasks",
     "schedule": "cli.client.schedule",
 }
-SERVER_COMMANDS = frozenset({"serve", "predictor", "function", "jetstream-source"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,11 +44,6 @@ def main(argv: list[str] | None = None) -> None:
     # Lines reach a log collector (or a test reading a pipe) as they are written, not when
     # a block buffer fills: what PYTHONUNBUFFERED gives, for this process alone.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    if argv[0] in SERVER_COMMANDS:
-        # Before any upload or model is allocated: see the module for what it changes.
-        from core.memory_release import release_large_blocks_when_freed
-
-        release_large_blocks_when_freed()
     import_module(COMMANDS[argv[0]]).run(argv[1:])
 
 

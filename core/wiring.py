@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from .domain import EngineSlot
 from .errors import EngineNotReady
+from .memory_release import release_large_blocks_when_freed
 from .ports import BlobStore, EventBus, MetadataStore, SynthesisClient
 from .services.endings import TaskEndings
 from .services.retention import RetentionSweeper
@@ -192,6 +193,17 @@ def build_synthesis_clients(
     return clients, warnings
 
 
+def _engines_here(clients: dict[EngineSlot, SynthesisClient]) -> list[str]:
+    """The kinds of engine this process runs (`EngineInfo.engine`), not a predictor's."""
+    from .adapters.embedded.inprocess_synthesis import InProcessSynthesis
+
+    return [
+        client.runner.engine.info.engine
+        for client in clients.values()
+        if isinstance(client, InProcessSynthesis)
+    ]
+
+
 def _feature_forgetter(clients: dict[EngineSlot, SynthesisClient]) -> Callable[[str], None]:
     """Drops a sample's features from the memory of every in-process engine."""
     from .adapters.embedded.inprocess_synthesis import InProcessSynthesis
@@ -344,6 +356,7 @@ def build_runtime(settings: Settings) -> Runtime:
     dead_letters = _DeadLetterSink()
     bus = build_event_bus(settings, store, on_dead_letter=dead_letters)
     clients, warnings = build_synthesis_clients(settings, blobs)
+    release_large_blocks_when_freed(_engines_here(clients))
     synthesis = SynthesisService(
         store,
         blobs,

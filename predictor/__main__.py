@@ -79,6 +79,7 @@ def main() -> None:
     from core.engines.registry import build_engine
     from core.engines.runner import EngineRunner
     from core.errors import EngineNotReady
+    from core.memory_release import release_large_blocks_when_freed
     from core.settings import load_settings
     from core.wiring import build_blob_store
 
@@ -105,6 +106,7 @@ def main() -> None:
         engine, warning = build_engine(settings, slot)
     except EngineNotReady as exc:
         raise SystemExit(f"{PROG}: {exc.detail}") from None
+    release_large_blocks_when_freed([engine.info.engine])
     blobs = build_blob_store(settings)
     runner = EngineRunner(
         engine,
