@@ -34,8 +34,7 @@ TORCH_ENGINES = frozenset({"cosyvoice"})  # `EngineInfo.engine` of the PyTorch e
 def release_large_blocks_when_freed(engines_here: Iterable[str] = ()) -> bool:
     """Fix glibc's mmap threshold unless this process runs a PyTorch engine
     (`engines_here`: each engine's `EngineInfo.engine`); True when it was set."""
-    torch_here = TORCH_ENGINES.intersection(engines_here)
-    if torch_here or not sys.platform.startswith("linux"):
+    if TORCH_ENGINES.intersection(engines_here) or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
