@@ -3,7 +3,8 @@
 Every error body is `{"detail": ...}`, except under /v1 (the OpenAI-compatible routes),
 where the same errors take OpenAI's shape `{"error": {"message", "type", "param",
 "code"}}` so OpenAI's SDKs report them. FastAPI's request validation errors become 400
-(the contract keeps 422 for audio that cannot be used); anything unexpected becomes a
+(the contract keeps 422 for audio that cannot be used), with a detail that names each
+bad field, or what is wrong with a JSON body as a whole; anything unexpected becomes a
 500 with a generic detail, logged with the request id, never a stack trace.
 """
 
@@ -69,10 +70,42 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 _REQUEST_PARTS = ("body", "query", "path", "form")
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
+# FastAPI's detail when a JSON body fails to parse other than as JSON (not UTF-8, an
+# integer past Python's digit limit); the error it came from is the exception's cause.
+_UNREADABLE_BODY = "There was an error parsing the body"
+
+
+def _describe_validation(exc: RequestValidationError, request: Request) -> str:
+    """One line naming each bad field; a body that is not a JSON object at all is named
+    as such (FastAPI's own words for it name a parameter the client never sees)."""
+    for error in exc.errors():
+        loc, kind = tuple(error.get("loc", ())), error.get("type")
+        if kind == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "")
+            return f"the body is not valid JSON (at character {loc[-1]}): {reason}".rstrip(": ")
+        if loc != ("body",):
+            continue
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type:
+            # FastAPI reads a body as JSON only when the request says it is JSON.
+            return (
+                "the body must be a JSON object sent with Content-Type: application/json "
+                f"(this request's Content-Type: {content_type[:80] or 'none'})"
+            )
+        if kind == "missing":
+            return "the body is empty: send a JSON object"
+        return "the body must be a JSON object"
     return describe_validation_error(
         exc.errors(), skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
     )
+
+
+def _describe_unreadable_body(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {cause.start}); JSON must be UTF-8"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the body has a number with more digits than can be read (at most 4300)"
+    return "the body could not be read as JSON"
 
 
 def _headers_for(exc: errors.CosyVoiceError) -> dict[str, str] | None:
@@ -129,7 +162,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = _describe_validation(exc)
+        detail = _describe_validation(exc, request)
         log.info("%s %s -> 400: %s", request.method, request.url.path, detail)
         return error_response(request, 400, detail, param=_validation_param(exc))
 
@@ -142,7 +175,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request, exc.status_code, exc.detail, exc.headers)
+        detail = exc.detail
+        if exc.status_code == 400 and detail == _UNREADABLE_BODY:
+            detail = _describe_unreadable_body(exc.__cause__)
+        return error_response(request, exc.status_code, detail, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

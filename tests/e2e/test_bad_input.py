@@ -69,6 +69,27 @@ def test_malformed_json(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content", "content_type", "says"),
+    [
+        (b'{"text": "hi", "voice_id": ', "application/json", "not valid JSON (at character 27)"),
+        (b'{"text": "hi", "voice_id": "v"}', "text/plain", "Content-Type: application/json"),
+        (b'{"text": "hi", "voice_id": "v"}', None, "Content-Type: none"),
+        (b"[1, 2]", "application/json", "the body must be a JSON object"),
+        (b"", "application/json", "the body is empty"),
+        (b'{"text": "\xff"}', "application/json", "not valid UTF-8 (byte 10)"),
+        (b'{"text": "hi", "speed": ' + b"1" * 5000 + b"}", "application/json", "more digits"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_named_as_such(
+    client: httpx.Client, content: bytes, content_type: str | None, says: str
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/api/v3/cross-lingual/with-cache", content=content, headers=headers)
+    assert_error(response, 400)
+    assert says in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
     ("fields", "audio", "status"),
     [
         ({"voice_type": "robot"}, None, 400),
