@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -78,6 +78,14 @@ _UNREADABLE_BODY = "There was an error parsing the body"
 def _describe_validation(exc: RequestValidationError, request: Request) -> str:
     """One line naming each bad field; a body that is not a JSON object at all is named
     as such (FastAPI's own words for it name a parameter the client never sees)."""
+    content_type = request.headers.get("content-type", "")
+    if _takes_form(request) and not content_type.startswith(_FORM_TYPES):
+        # Its fields read as missing, since the form parser reads no other body.
+        return (
+            "this route takes form fields (multipart/form-data or "
+            "application/x-www-form-urlencoded), not a body of Content-Type: "
+            f"{content_type[:80] or 'none'}"
+        )
     for error in exc.errors():
         loc, kind = tuple(error.get("loc", ())), error.get("type")
         if kind == "json_invalid":
@@ -85,7 +93,6 @@ def _describe_validation(exc: RequestValidationError, request: Request) -> str:
             return f"the body is not valid JSON (at character {loc[-1]}): {reason}".rstrip(": ")
         if loc != ("body",):
             continue
-        content_type = request.headers.get("content-type", "")
         if "json" not in content_type:
             # FastAPI reads a body as JSON only when the request says it is JSON.
             return (
@@ -98,6 +105,15 @@ def _describe_validation(exc: RequestValidationError, request: Request) -> str:
     return describe_validation_error(
         exc.errors(), skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
     )
+
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _takes_form(request: Request) -> bool:
+    """Whether the matched route reads form fields (FastAPI's `Form` and `File`)."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    return body is not None and isinstance(body.field_info, params.Form)
 
 
 def _describe_unreadable_body(cause: BaseException | None) -> str:

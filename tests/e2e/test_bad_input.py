@@ -90,6 +90,17 @@ def test_a_body_that_is_not_a_json_object_is_named_as_such(
 
 
 @pytest.mark.parametrize(
+    "path",
+    ["/api/v3/streaming/cross-lingual", "/api/v3/voices/", "/api/v3/cross-lingual/with-audio"],
+)
+def test_json_sent_to_a_form_route_is_named_as_such(client: httpx.Client, path: str) -> None:
+    response = client.post(path, json={"text": "hi", "voice_id": "v", "name": "n"})
+    assert_error(response, 400)
+    detail = response.json()["detail"]
+    assert "takes form fields" in detail and "application/json" in detail, detail
+
+
+@pytest.mark.parametrize(
     ("fields", "audio", "status"),
     [
         ({"voice_type": "robot"}, None, 400),
