@@ -362,6 +362,14 @@ def checked_text(text: str, limit: int, setting: str = "MAX_TEXT_LENGTH") -> str
         raise InvalidInput("text is empty")
     if len(stripped) > limit:
         raise InvalidInput(f"text is {len(stripped)} characters; the limit is {limit} ({setting})")
+    try:
+        stripped.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON's "\ud800" escape decodes to half a UTF-16 pair, which no engine can take.
+        raise InvalidInput(
+            f"text has a lone surrogate (U+{ord(stripped[exc.start]):04X}) at character "
+            f"{exc.start}: it is not valid Unicode"
+        ) from None
     return stripped
 
 

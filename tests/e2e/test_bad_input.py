@@ -89,6 +89,18 @@ def test_a_body_that_is_not_a_json_object_is_named_as_such(
     assert says in response.json()["detail"]
 
 
+def test_text_with_half_a_utf16_pair_is_a_400_not_a_failed_synthesis(
+    client: httpx.Client, voice_id: str
+) -> None:
+    response = client.post(
+        "/api/v3/cross-lingual/with-cache",
+        content=b'{"text": "hi \\ud800 there", "voice_id": "%s"}' % voice_id.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 400)
+    assert "lone surrogate (U+D800) at character 3" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(
     "path",
     ["/api/v3/streaming/cross-lingual", "/api/v3/voices/", "/api/v3/cross-lingual/with-audio"],

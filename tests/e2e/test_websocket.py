@@ -273,6 +273,7 @@ async def test_a_bad_message_gets_an_error_and_the_socket_stays_open(
         ({"format": "ogg"}, "INVALID_REQUEST"),
         ({"text": "   "}, "INVALID_REQUEST"),
         ({"text": "..."}, "INVALID_REQUEST"),
+        ({"text": "half a pair \ud800 of UTF-16"}, "INVALID_REQUEST"),  # json.dumps escapes it
     ],
 )
 async def test_a_request_that_cannot_be_served_gets_an_error_with_its_id(
