@@ -19,6 +19,32 @@ OUTPUT_FILENAME_PATTERN = re.compile(
 )
 
 
+# Free text (what is spoken, a description) may break lines and hold tabs; no other
+# control character: NUL ends the text where a C engine reads it, and the rest are
+# terminal escapes and the like. These are all of Unicode's Cc but \t, \n and \r.
+_STRAY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def free_text_problem(text: str) -> str | None:
+    """What makes `text` unfit as free text ("a control character (U+0000) at character
+    4; ..."), or None."""
+    stray = _STRAY_CONTROL.search(text)
+    if stray:
+        return (
+            f"a control character (U+{ord(stray.group()):04X}) at character {stray.start()}; "
+            "only line breaks and tabs may appear"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON's "\ud800" escape decodes to half a UTF-16 pair, which no engine can take.
+        return (
+            f"a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}, "
+            "which is not valid Unicode"
+        )
+    return None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

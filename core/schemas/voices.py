@@ -16,12 +16,11 @@ from pydantic import (
     field_serializer,
 )
 
-from ..domain import VOICE_ID_PATTERN, AudioFormat, Voice, VoiceType
+from ..domain import VOICE_ID_PATTERN, AudioFormat, Voice, VoiceType, free_text_problem
 from ..errors import InvalidInput
 from .common import describe_validation_error, iso_utc
 
 LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$"
-_LINE_BREAKS = frozenset("\n\r\t")
 
 
 def _single_line(value: str) -> str:
@@ -36,8 +35,9 @@ def _single_line(value: str) -> str:
 
 def _text(value: str) -> str:
     """Free text: line breaks and tabs are fine, other control characters are not."""
-    if any(unicodedata.category(c) == "Cc" and c not in _LINE_BREAKS for c in value):
-        raise ValueError("must not contain control characters")
+    problem = free_text_problem(value)
+    if problem:
+        raise ValueError(f"has {problem}")
     return value
 
 

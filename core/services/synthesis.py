@@ -33,6 +33,7 @@ from ..domain import (
     SynthesisMode,
     Voice,
     VoiceType,
+    free_text_problem,
     output_key,
 )
 from ..engines.text import split_sentences
@@ -356,20 +357,16 @@ async def _audible(
 
 
 def checked_text(text: str, limit: int, setting: str = "MAX_TEXT_LENGTH") -> str:
-    """The text to speak, trimmed; InvalidInput when it is empty or over `limit`."""
+    """The text to speak, trimmed; InvalidInput when it is empty, over `limit`, or holds
+    what no engine can take (`free_text_problem`)."""
     stripped = text.strip()
     if not stripped:
         raise InvalidInput("text is empty")
     if len(stripped) > limit:
         raise InvalidInput(f"text is {len(stripped)} characters; the limit is {limit} ({setting})")
-    try:
-        stripped.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        # JSON's "\ud800" escape decodes to half a UTF-16 pair, which no engine can take.
-        raise InvalidInput(
-            f"text has a lone surrogate (U+{ord(stripped[exc.start]):04X}) at character "
-            f"{exc.start}: it is not valid Unicode"
-        ) from None
+    problem = free_text_problem(stripped)
+    if problem:
+        raise InvalidInput(f"text has {problem}")
     return stripped
 
 

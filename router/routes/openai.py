@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from core.audio.stream import StreamEncoder, open_stream_encoder
-from core.domain import ApiVersion
+from core.domain import ApiVersion, free_text_problem
 from core.errors import CosyVoiceError, InvalidInput, VoiceNotFound
 from core.ports import SynthesisRequest
 from core.schemas.openai import (
@@ -149,6 +149,9 @@ def checked_input(text: str, limit: int) -> str:
             param="input",
             code="string_above_max_length",
         )
+    problem = free_text_problem(stripped)
+    if problem:
+        raise SpeechParamError(f"input has {problem}", param="input")
     return stripped
 
 

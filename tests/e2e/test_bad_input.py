@@ -101,6 +101,30 @@ def test_text_with_half_a_utf16_pair_is_a_400_not_a_failed_synthesis(
     assert "lone surrogate (U+D800) at character 3" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("text", ["\x00Hello there.", "Hello\x00 there.", "Hello\x1b[2J there."])
+def test_text_with_a_control_character_is_refused_not_cut_short(
+    client: httpx.Client, voice_id: str, text: str
+) -> None:
+    """NUL ends a C engine's input: "Hello\\0 there." was spoken as "Hello"."""
+    at = next(i for i, c in enumerate(text) if c in "\x00\x1b")
+    answers = [
+        client.post("/api/v3/cross-lingual/with-cache", json={"text": text, "voice_id": voice_id}),
+        client.post("/api/v3/streaming/cross-lingual", data={"text": text, "voice_id": voice_id}),
+        client.post("/api/v3/cross-lingual/task", json={"text": text, "voice_id": voice_id}),
+    ]
+    for response in answers:
+        assert_error(response, 400)
+        assert (
+            f"control character (U+{ord(text[at]):04X}) at character {at}"
+            in (response.json()["detail"])
+        ), response.json()
+    speech = client.post(
+        "/v1/audio/speech", json={"model": "tts-1", "input": text, "voice": voice_id}
+    )
+    assert speech.status_code == 400
+    assert "control character" in speech.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "path",
     ["/api/v3/streaming/cross-lingual", "/api/v3/voices/", "/api/v3/cross-lingual/with-audio"],
