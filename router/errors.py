@@ -15,8 +15,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request, params
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request, WebSocket, params
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,6 +25,8 @@ from core import errors, metrics
 from core.request_id import current_request_id
 from core.schemas.common import describe_validation_error
 from core.schemas.openai import OPENAI_PATH_PREFIX, OpenAiErrorFields, openai_error_body
+
+from .refusals import refuse
 
 log = logging.getLogger("router.errors")
 
@@ -181,6 +183,16 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = _describe_validation(exc, request)
         log.info("%s %s -> 400: %s", request.method, request.url.path, detail)
         return error_response(request, 400, detail, param=_validation_param(exc))
+
+    @app.exception_handler(WebSocketRequestValidationError)
+    async def _handshake_error(websocket: WebSocket, exc: WebSocketRequestValidationError) -> None:
+        # A bad query parameter of the handshake: a 400 with the reason where the server
+        # can answer a handshake with a response (uvicorn can), not FastAPI's bare close.
+        detail = describe_validation_error(
+            exc.errors(), skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
+        )
+        log.info("WebSocket %s -> 400: %s", websocket.url.path, detail)
+        await refuse(websocket.scope, websocket.send, 400, detail)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:

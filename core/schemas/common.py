@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Container, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,16 @@ def describe_validation_error(
         where = where or unnamed
         problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems) or fallback
+
+
+def single_line(value: str) -> str:
+    """Stripped, with no control characters (NUL, escapes, line breaks) at all: a name."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters")
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
 
 
 def iso_utc(value: datetime) -> str:

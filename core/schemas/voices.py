@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -18,19 +17,9 @@ from pydantic import (
 
 from ..domain import VOICE_ID_PATTERN, AudioFormat, Voice, VoiceType, free_text_problem
 from ..errors import InvalidInput
-from .common import describe_validation_error, iso_utc
+from .common import describe_validation_error, iso_utc, single_line
 
 LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$"
-
-
-def _single_line(value: str) -> str:
-    """Stripped, with no control characters (NUL, escapes, line breaks) at all."""
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError("must not contain control characters")
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
 
 
 def _text(value: str) -> str:
@@ -50,7 +39,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 # The field rules of a voice, shared by create (form fields) and update (JSON or form),
 # so both accept and refuse exactly the same values.
-VoiceName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
+VoiceName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(single_line)]
 VoiceDescription = Annotated[str, Field(max_length=2000), AfterValidator(_text)]
 VoiceLanguage = Annotated[
     str,

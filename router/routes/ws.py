@@ -14,13 +14,13 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, WebSocket
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from core.audio.stream import self_contained_chunk
 from core.domain import ApiVersion
 from core.errors import CosyVoiceError, InvalidInput
-from core.schemas.common import describe_validation_error
+from core.schemas.common import describe_validation_error, single_line
 from core.schemas.streaming import (
     CLIENT_MESSAGE,
     CLIENT_MESSAGE_TYPES,
@@ -320,13 +320,22 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
+def _client_id(value: str | None) -> str | None:
+    """One line without control characters; an empty one is none (the server names it)."""
+    return single_line(value) if value and value.strip() else None
+
+
 def build_router(version: ApiVersion) -> APIRouter:
     router = APIRouter(prefix="/ws", tags=[f"{version.value} websocket"])
 
     @router.websocket("/stream")
     async def stream(
         websocket: WebSocket,
-        client_id: Annotated[str | None, Query(max_length=128)] = None,
+        client_id: Annotated[
+            str | None,
+            Query(max_length=128, description="Your name for this client, in /ws/sessions"),
+            AfterValidator(_client_id),
+        ] = None,
     ) -> None:
         runtime: Runtime = websocket.app.state.runtime
         await StreamConnection(websocket, runtime, version, client_id).serve()

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from tests.audio_checks import hear
 from tests.conftest import TESTDATA
@@ -319,6 +320,22 @@ async def test_cancel_stops_a_request(server: ApiServer, voice_id: str) -> None:
 
 
 # --- sessions and resources ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client_id", "says"),
+    [("two%0Alines", "control characters"), ("x" * 129, "at most 128 characters")],
+)
+async def test_a_bad_client_id_is_refused_at_the_handshake_with_a_reason(
+    server: ApiServer, client_id: str, says: str
+) -> None:
+    url = server.url.replace("http", "ws", 1) + f"/api/v3/ws/stream?client_id={client_id}"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    assert refused.value.response.status_code == 400
+    detail = json.loads(bytes(refused.value.response.body or b""))["detail"]
+    assert detail.startswith("client_id: ") and says in detail, detail
 
 
 async def test_sessions_are_listed_while_open_and_gone_after_close(
