@@ -27,7 +27,9 @@ request the send of `chunk_framing` (many HTTP chunks in one write).
 pong as the protocol requires, but a client that sends pings without reading the pongs
 made them pile up in the server's write buffer without bound: more than `PING_BURST`
 pings at once (refilled at `PINGS_PER_SECOND`), or a ping while `UNREAD_LIMIT` bytes wait
-unread, closes the socket with 1008. WS_MAX_MESSAGE_BYTES (1009 beyond) and the server's
+unread, closes the socket with 1008. A handshake refused with a response (a missing key, a
+bad query parameter) counts as ended, not as an application that never answered.
+WS_MAX_MESSAGE_BYTES (1009 beyond) and the server's
 own pings (WS_PING_INTERVAL, WS_PING_TIMEOUT) are uvicorn options: see `uvicorn_options`.
 """
 
@@ -296,6 +298,13 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
             if self.close_sent or self.transport.is_closing():
                 return
             super().data_received(bytes(view[start : start + FEED_BYTES]))
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A handshake answered with a response (a missing key, a bad query) is over;
+            # uvicorn would log "returned without completing handshake" as an error.
+            self.handshake_complete = True
 
     def handle_ping(self) -> None:
         if self.close_sent:

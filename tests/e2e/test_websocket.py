@@ -336,6 +336,7 @@ async def test_a_bad_client_id_is_refused_at_the_handshake_with_a_reason(
     assert refused.value.response.status_code == 400
     detail = json.loads(bytes(refused.value.response.body or b""))["detail"]
     assert detail.startswith("client_id: ") and says in detail, detail
+    assert "without completing handshake" not in server.log(), "a refusal is no server error"
 
 
 async def test_sessions_are_listed_while_open_and_gone_after_close(
