@@ -29,8 +29,8 @@ made them pile up in the server's write buffer without bound: more than `PING_BU
 pings at once (refilled at `PINGS_PER_SECOND`), or a ping while `UNREAD_LIMIT` bytes wait
 unread, closes the socket with 1008. A handshake refused with a response (a missing key, a
 bad query parameter) counts as ended, not as an application that never answered.
-WS_MAX_MESSAGE_BYTES (1009 beyond) and the server's
-own pings (WS_PING_INTERVAL, WS_PING_TIMEOUT) are uvicorn options: see `uvicorn_options`.
+WS_MAX_MESSAGE_BYTES (1009 beyond) and the server's own pings (WS_PING_INTERVAL,
+WS_PING_TIMEOUT) are uvicorn options: see `uvicorn_options`.
 """
 
 from __future__ import annotations
