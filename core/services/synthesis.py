@@ -186,6 +186,7 @@ class SynthesisService:
     ) -> SynthesisRequest:
         """A request cloning an uploaded clip (with-audio, instruct)."""
         check_instruct_allowed(version, instruct_text)
+        check_free_text("prompt_text", prompt_text)
         prompt = VoicePrompt(sha256=sha256, clip=clip, prompt_text=prompt_text or None)
         return SynthesisRequest(
             text=text,
@@ -364,12 +365,18 @@ def checked_text(text: str, limit: int, setting: str = "MAX_TEXT_LENGTH") -> str
         raise InvalidInput("text is empty")
     if len(stripped) > limit:
         raise InvalidInput(f"text is {len(stripped)} characters; the limit is {limit} ({setting})")
-    problem = free_text_problem(stripped)
-    if problem:
-        raise InvalidInput(f"text has {problem}")
+    check_free_text("text", stripped)
     return stripped
+
+
+def check_free_text(name: str, value: str | None) -> None:
+    """InvalidInput naming `name` when `value` holds what no engine can take."""
+    problem = free_text_problem(value) if value else None
+    if problem:
+        raise InvalidInput(f"{name} has {problem}")
 
 
 def check_instruct_allowed(version: ApiVersion, instruct_text: str | None) -> None:
     if instruct_text and version is not ApiVersion.v3:
         raise InvalidInput(f"instruct_text is only available on /api/v3 (not {version.value})")
+    check_free_text("instruct_text", instruct_text)

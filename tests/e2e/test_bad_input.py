@@ -118,6 +118,20 @@ def test_text_with_a_control_character_is_refused_not_cut_short(
             f"control character (U+{ord(text[at]):04X}) at character {at}"
             in (response.json()["detail"])
         ), response.json()
+    instruct = client.post(
+        "/api/v3/cross-lingual/with-cache",
+        json={"text": "Hello.", "voice_id": voice_id, "instruct_text": text},
+    )
+    assert_error(instruct, 400)
+    assert instruct.json()["detail"].startswith("instruct_text has a control character")
+    with EN.open("rb") as clip:
+        transcript = client.post(
+            "/api/v3/cross-lingual/with-audio",
+            data={"text": "Hello.", "prompt_text": text},
+            files={"prompt_audio": ("clip.wav", clip)},
+        )
+    assert_error(transcript, 400)
+    assert transcript.json()["detail"].startswith("prompt_text has a control character")
     speech = client.post(
         "/v1/audio/speech", json={"model": "tts-1", "input": text, "voice": voice_id}
     )
