@@ -30,6 +30,9 @@ def describe_validation_error(
     for error in errors:
         where = ".".join(str(part) for part in error.get("loc", ()) if part not in skip)
         message = str(error.get("msg", "invalid")).removeprefix(_VALUE_ERROR_PREFIX)
+        if error.get("type") == "string_unicode":
+            # pydantic's words for a string holding half a UTF-16 pair (JSON's "\ud800").
+            message = "must be valid Unicode: it holds half of a UTF-16 surrogate pair"
         where = where or unnamed
         problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems) or fallback

@@ -99,6 +99,16 @@ def test_text_with_half_a_utf16_pair_is_a_400_not_a_failed_synthesis(
     )
     assert_error(response, 400)
     assert "lone surrogate (U+D800) at character 3" in response.json()["detail"]
+    # A field with a length limit is refused by its schema, in words of the same kind.
+    renamed = client.put(
+        f"/api/v3/voices/{voice_id}",
+        content=b'{"name": "half \\udc00 a pair"}',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(renamed, 400)
+    assert renamed.json()["detail"] == (
+        "name: must be valid Unicode: it holds half of a UTF-16 surrogate pair"
+    )
 
 
 @pytest.mark.parametrize("text", ["\x00Hello there.", "Hello\x00 there.", "Hello\x1b[2J there."])
