@@ -31,6 +31,9 @@ BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 
 
+BIND_ATTEMPTS = 3  # ports tried by a server whose port is probed before it starts
+
+
 def free_port() -> int:
     """A port nothing listens on right now. Another process may take it before it is
     used: only for addresses that must refuse connections, and for servers that cannot
@@ -85,7 +88,21 @@ class ServerProcess:
     def start(self) -> Self:
         if self.running:
             return self
-        return self.launch().wait_until_ready()
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                return self.launch().wait_until_ready()
+            except RuntimeError:
+                # A probed port can be taken by another process (a lane beside this one
+                # starting its servers) before this one binds it: then try another.
+                if self.port_in_log or attempt == BIND_ATTEMPTS or not self._lost_its_port():
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _lost_its_port(self) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return b"address already in use" in log.read().lower()
 
     def launch(self) -> Self:
         """Start without waiting (several servers then boot side by side)."""
