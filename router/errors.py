@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket, params
@@ -75,6 +75,7 @@ _REQUEST_PARTS = ("body", "query", "path", "form")
 # FastAPI's detail when a JSON body fails to parse other than as JSON (not UTF-8, an
 # integer past Python's digit limit); the error it came from is the exception's cause.
 _UNREADABLE_BODY = "There was an error parsing the body"
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def _describe_validation(exc: RequestValidationError, request: Request) -> str:
@@ -104,12 +105,13 @@ def _describe_validation(exc: RequestValidationError, request: Request) -> str:
         if kind == "missing":
             return "the body is empty: send a JSON object"
         return "the body must be a JSON object"
+    return _describe_fields(exc.errors())
+
+
+def _describe_fields(problems: Sequence[Any]) -> str:
     return describe_validation_error(
-        exc.errors(), skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
+        problems, skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
     )
-
-
-_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def _takes_form(request: Request) -> bool:
@@ -188,9 +190,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _handshake_error(websocket: WebSocket, exc: WebSocketRequestValidationError) -> None:
         # A bad query parameter of the handshake: a 400 with the reason where the server
         # can answer a handshake with a response (uvicorn can), not FastAPI's bare close.
-        detail = describe_validation_error(
-            exc.errors(), skip=_REQUEST_PARTS, unnamed="request", fallback="invalid request"
-        )
+        detail = _describe_fields(exc.errors())
         log.info("WebSocket %s -> 400: %s", websocket.url.path, detail)
         await refuse(websocket.scope, websocket.send, 400, detail)
 

@@ -100,9 +100,13 @@ class ServerProcess:
         raise AssertionError("unreachable")
 
     def _lost_its_port(self) -> bool:
+        return "address already in use" in self._current_output().lower()
+
+    def _current_output(self) -> str:
+        """What the current process has logged (the log file keeps earlier runs' too)."""
         with self.log_path.open("rb") as log:
             log.seek(self._log_offset)
-            return b"address already in use" in log.read().lower()
+            return log.read().decode(errors="replace")
 
     def launch(self) -> Self:
         """Start without waiting (several servers then boot side by side)."""
@@ -188,9 +192,7 @@ class ServerProcess:
         """True once the port is known: given, or read from this process's log line."""
         if self.port or self.port_in_log is None:
             return True
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_offset)
-            found = self.port_in_log.search(log.read().decode(errors="replace"))
+        found = self.port_in_log.search(self._current_output())
         if found:
             self.port = int(found.group(1))
         return found is not None
